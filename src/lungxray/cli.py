@@ -1,0 +1,334 @@
+"""`lungxray <verb>`: a thin layer that parses flags, calls the library and prints.
+
+Every verb is a library function a notebook user can call with the same result. Errors a user can
+cause (``LungXrayError``) are printed as one red line, with no traceback, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from lungxray import DISCLAIMER, __version__
+from lungxray.errors import LungXrayError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help=f"Train, evaluate, explain and serve chest X-ray classifiers. {DISCLAIMER}",
+)
+console = Console()
+err = Console(stderr=True)
+
+Opt = typer.Option
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lungxray {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, Opt("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """lungxray: decision support for chest X-rays, never a diagnosis."""
+
+
+def _data_overrides(
+    csv: str | None,
+    file_col: str | None,
+    label_col: str | None,
+    patient_col: str | None,
+    binary_negative: str | None,
+    task: str | None,
+) -> dict[str, Any]:
+    return {
+        "data.csv": csv,
+        "data.file_col": file_col,
+        "data.label_col": label_col,
+        "data.patient_col": patient_col,
+        "data.binary_negative": binary_negative,
+        "data.task": task,
+    }
+
+
+@app.command()
+def audit(
+    path: Annotated[
+        str, typer.Argument(help="Data folder (class folders, optionally under train/val/test).")
+    ],
+    csv: Annotated[str | None, Opt(help="Label table (relative to PATH), e.g. labels.csv.")] = None,
+    file_col: Annotated[str | None, Opt(help="CSV column with file names.")] = None,
+    label_col: Annotated[str | None, Opt(help="CSV column with labels.")] = None,
+    patient_col: Annotated[str | None, Opt(help="CSV column with patient ids.")] = None,
+    binary_negative: Annotated[
+        str | None, Opt(help="Label meaning normal, e.g. 'No Finding' -> binary.")
+    ] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON document instead of tables.")] = False,
+    cache_dir: Annotated[str | None, Opt(help="Cache folder (default ~/.cache/lungxray).")] = None,
+) -> None:
+    """Check a data set: counts, sizes, unreadable files, duplicates and patients across splits."""
+    from lungxray.config import load_config
+    from lungxray.data.audit import audit as run_audit
+    from lungxray.data.audit import render_audit
+    from lungxray.data.manifest import load_manifest
+
+    cfg = load_config(
+        None,
+        {"data.path": path, **_data_overrides(csv, file_col, label_col, patient_col, binary_negative, None)},
+    )
+    report = run_audit(load_manifest(cfg.data), cache_dir=cache_dir, progress=not as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render_audit(report, console)
+
+
+def _parse_sets(values: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.01", "model.kwargs={width: 24}"]`` -> dotted overrides (values parsed as YAML)."""
+    import yaml
+
+    from lungxray.errors import ConfigError
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got {item!r}.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def train(
+    data: Annotated[str | None, typer.Argument(help="Data folder (or the folder holding --csv).")] = None,
+    config: Annotated[
+        str | None, Opt("--config", "-c", help="YAML recipe, e.g. configs/cpu-default.yaml.")
+    ] = None,
+    model: Annotated[str | None, Opt(help="Architecture: a reference model or any timm name.")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs.")] = None,
+    size: Annotated[int | None, Opt(help="Input side in pixels.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
+    out: Annotated[str | None, Opt(help="Run directory (default runs/<name>).")] = None,
+    name: Annotated[str | None, Opt(help="Run name.")] = None,
+    weights: Annotated[str | None, Opt(help="Local weights file or run directory to start from.")] = None,
+    transfer: Annotated[str | None, Opt(help="finetune | freeze | freeze-then-finetune.")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda.")] = None,
+    csv: Annotated[str | None, Opt(help="Label table (relative to DATA).")] = None,
+    label_col: Annotated[str | None, Opt(help="CSV label column.")] = None,
+    binary_negative: Annotated[str | None, Opt(help="Label meaning normal, e.g. 'No Finding'.")] = None,
+    task: Annotated[str | None, Opt(help="binary | multiclass | multilabel (default: inferred).")] = None,
+    max_images: Annotated[int | None, Opt(help="Train on a stratified subsample (smoke runs).")] = None,
+    track: Annotated[str | None, Opt(help="'mlflow' to log to a local MLflow store.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue an interrupted run in --out exactly.")] = False,
+    set_: Annotated[
+        list[str] | None, Opt("--set", help="Any config field: --set train.optimizer=sgd.")
+    ] = None,
+    quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train a model; writes the run directory (config, weights, model.json, splits, history)."""
+    from lungxray.config import load_config
+    from lungxray.training import train as run_train
+
+    overrides = {
+        "data.path": data,
+        "model.name": model,
+        "train.epochs": epochs,
+        "data.size": size,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.seed": seed,
+        "out": out,
+        "name": name,
+        "model.weights": weights,
+        "model.transfer": transfer,
+        "train.device": device,
+        "data.max_images": max_images,
+        "train.track": track,
+        **_data_overrides(csv, None, label_col, None, binary_negative, task),
+        **_parse_sets(set_ or []),
+    }
+    if resume and out and config is None and (Path(out) / "config.yaml").is_file():
+        config = str(Path(out) / "config.yaml")
+    cfg = load_config(config, overrides)
+    if not cfg.data.path:
+        from lungxray.errors import ConfigError
+
+        raise ConfigError("no data: give DATA (a folder) or data.path in the --config file.")
+    result = run_train(cfg, resume=resume, progress=not quiet, console=console)
+    console.print(
+        f"[green]run written to {result.run_dir}[/]  best epoch {result.best_epoch} "
+        f"(val {cfg.train.monitor} {result.best_score:.4f}), {result.seconds:.0f} s training, "
+        f"{result.images_per_s:.0f} img/s"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    data: Annotated[
+        str | None, Opt(help="Evaluate on another data folder (default: the run's data).")
+    ] = None,
+    split: Annotated[str, Opt(help="Split to evaluate: test | val | train.")] = "test",
+    bootstrap: Annotated[int | None, Opt(help="Bootstrap resamples for CIs (default from config).")] = None,
+    quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Metrics with 95% CIs at the validation-chosen threshold, figures and report.html."""
+    from lungxray.evaluation.evaluate import evaluate_run, render_summary
+
+    result = evaluate_run(run, data=data, split=split, n_boot=bootstrap, progress=not quiet)
+    render_summary(result, console)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Run directories (evaluated).")],
+    split: Annotated[str, Opt(help="Which evaluation to compare.")] = "test",
+    out: Annotated[str | None, Opt(help="Folder for the comparison table and figure.")] = None,
+) -> None:
+    """Compare runs: headline metrics, parameters and training time, and F1/AUC vs time."""
+    from lungxray.evaluation.compare import compare_runs, render_comparison
+
+    render_comparison(compare_runs(runs, split=split, out=out), console)
+
+
+@app.command()
+def predict(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files or folders.")],
+    out: Annotated[str | None, Opt(help="Write results to a .csv or .json file.")] = None,
+    heatmaps: Annotated[str | None, Opt(help="Also write Grad-CAM overlays to this folder.")] = None,
+    batch_size: Annotated[int, Opt(help="Images per forward pass.")] = 32,
+) -> None:
+    """Predict new X-rays; bad files get a row with the reason; exit code 1 if any failed."""
+    from lungxray.predict import Predictor, render_predictions, write_predictions
+
+    predictor = Predictor.load(run)
+    results = predictor.predict_paths(predictor.expand_inputs(inputs), batch_size=batch_size)
+    if heatmaps:
+        from lungxray.explain import explain_results
+
+        explain_results(predictor, results, heatmaps)
+    if out:
+        write_predictions(results, out)
+    render_predictions(results, console)
+    console.print(f"[dim]{DISCLAIMER}[/]")
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    out: Annotated[str, Opt(help="Folder for heatmap overlays and the grid figure.")] = "explanations",
+    method: Annotated[str, Opt(help="gradcam | gradcam++.")] = "gradcam",
+    target: Annotated[
+        str | None, Opt(help="Class to explain (default: the predicted / positive class).")
+    ] = None,
+    layer: Annotated[str | None, Opt(help="Override the target layer (dotted module name).")] = None,
+) -> None:
+    """Grad-CAM heatmaps: where the model looked. Writes overlays and a grid figure."""
+    from lungxray.explain import explain_files
+
+    written = explain_files(run, images, out, method=method, target=target, layer=layer)
+    for path in written:
+        console.print(str(path))
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    out: Annotated[str | None, Opt(help="ONNX file (default RUN/model.onnx).")] = None,
+) -> None:
+    """Export to ONNX and check parity with PyTorch."""
+    from lungxray.export import export_onnx
+
+    report = export_onnx(run, out)
+    console.print(report)
+
+
+@app.command()
+def serve(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    host: Annotated[str, Opt(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port.")] = 8000,
+    api_key: Annotated[str | None, Opt(envvar="LUNGXRAY_API_KEY", help="Require this key on /api/*.")] = None,
+    max_upload_mb: Annotated[float, Opt(help="Largest upload accepted (MB).")] = 20.0,
+    workers: Annotated[int, Opt(help="Inference threads.")] = 1,
+) -> None:
+    """Web page and REST API for one run (decision support, not diagnosis)."""
+    from lungxray.serve.app import run_server
+
+    run_server(run, host=host, port=port, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers)
+
+
+@app.command()
+def tune(
+    data: Annotated[str, typer.Argument(help="Data folder.")],
+    config: Annotated[str | None, Opt("--config", "-c", help="Base YAML recipe.")] = None,
+    space: Annotated[str, Opt(help="Search-space YAML.")] = "configs/space-cpu.yaml",
+    trials: Annotated[int, Opt(help="Number of trials.")] = 20,
+    timeout: Annotated[float | None, Opt(help="Stop after this many seconds.")] = None,
+    study: Annotated[str, Opt(help="Study name (resumes if it exists in --storage).")] = "lungxray",
+    storage: Annotated[str | None, Opt(help="Optuna storage, e.g. sqlite:///tune.db.")] = None,
+    out: Annotated[str, Opt(help="Folder for trials.csv, figures and best.yaml.")] = "tune",
+    pruner: Annotated[str, Opt(help="median | hyperband | none.")] = "median",
+    metric: Annotated[str, Opt(help="Validation objective: auc | loss | accuracy | f1.")] = "auc",
+) -> None:
+    """Optuna search over config fields, scored on the VALIDATION split only."""
+    from lungxray.tune import tune as run_tune
+
+    result = run_tune(
+        data,
+        config=config,
+        space=space,
+        trials=trials,
+        timeout=timeout,
+        study_name=study,
+        storage=storage,
+        out=out,
+        pruner=pruner,
+        metric=metric,
+        console=console,
+    )
+    console.print(f"[green]best config written to {result['best_config']}[/]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning LungXrayError into a one-line message and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except LungXrayError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors print themselves
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

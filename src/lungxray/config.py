@@ -1,0 +1,269 @@
+"""Every setting as a dataclass; the single place for defaults; YAML in and out.
+
+Precedence: dataclass defaults <- YAML file <- CLI overrides (``{"train.lr": 1e-3}``). The fully
+resolved config is written to ``runs/<name>/config.yaml`` so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lungxray.errors import ConfigError, check_option
+
+TASKS = ("binary", "multiclass", "multilabel")
+RESIZE_MODES = ("stretch", "pad")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle")
+BALANCE = ("none", "weights", "sampler")
+TRANSFER = ("finetune", "freeze", "freeze-then-finetune")
+THRESHOLD_STRATEGIES = ("0.5", "youden", "max-f1", "sensitivity>=X", "specificity>=X")
+MONITORS = ("auc", "loss", "accuracy", "f1")
+
+
+@dataclass
+class DataConfig:
+    """Where the images are, how labels and patients are read, and how images are preprocessed."""
+
+    path: str = ""
+    csv: str | None = None  # label table; relative to `path` unless absolute
+    file_col: str | None = None  # default: first of "Image Index", "path", "file", "filename"
+    label_col: str | None = None  # default: first of "Finding Labels", "label", "labels", "class"
+    patient_col: str | None = None  # default: "Patient ID" when present, else file-name rules
+    split_col: str | None = None  # optional column holding train/val/test
+    label_sep: str = "|"
+    binary_negative: str | None = None  # e.g. "No Finding": that label -> normal, any other -> abnormal
+    task: str | None = None  # binary | multiclass | multilabel; inferred when None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15  # used only when the source has no test split
+    size: int = 128  # square input side, pixels
+    resize: str = "stretch"  # stretch | pad (keep aspect ratio, pad with black)
+    cache_dir: str | None = None  # default ~/.cache/lungxray (or $LUNGXRAY_CACHE)
+    max_images: int | None = None  # seeded, stratified subsample of train+val for smoke runs
+
+
+@dataclass
+class ModelConfig:
+    """Which architecture, and optional transfer learning from a local weights file."""
+
+    name: str = "cnn-small"
+    weights: str | None = None  # local .safetensors / state dict, or a run directory
+    transfer: str = "finetune"  # finetune | freeze | freeze-then-finetune
+    freeze_epochs: int = 0  # epochs frozen before unfreezing (freeze-then-finetune)
+    finetune_lr_scale: float = 0.1  # LR multiplier once unfrozen
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments to the model factory
+
+
+@dataclass
+class AugmentConfig:
+    """Batched, on-device augmentation strengths; 0 disables one. Defaults suit frontal CXRs."""
+
+    rotate: float = 7.0  # max degrees
+    shift: float = 0.05  # max fraction of the side
+    zoom: float = 0.08  # max relative scale change
+    shear: float = 3.0  # max degrees
+    hflip: float = 0.0  # probability; off by default (the heart is on the left)
+    brightness: float = 0.1  # max additive change, intensity units in [0, 1]
+    contrast: float = 0.1  # max relative change
+    gamma: float = 0.1  # max relative change of the gamma exponent
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    epochs: int = 8
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd / rmsprop
+    schedule: str = "onecycle"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.5
+    balance: str = "weights"  # none | weights (loss weights) | sampler (balanced sampling)
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 5.0  # max global gradient norm
+    ema: float | None = None  # EMA decay of weights, e.g. 0.999
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True  # on CUDA
+    early_stopping: int | None = None  # patience in epochs on the validation monitor
+    monitor: str = "auc"  # validation metric for best checkpoint: auc | loss | accuracy | f1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads; None = all cores
+    track: str | None = None  # "mlflow" to log to a local MLflow store
+
+
+@dataclass
+class EvalConfig:
+    """How the operating threshold is chosen (on validation) and how CIs are computed."""
+
+    threshold: str = "youden"  # 0.5 | youden | max-f1 | sensitivity>=0.95 | specificity>=0.9
+    bootstrap: int = 1000
+    ci: float = 0.95
+
+
+@dataclass
+class Config:
+    """A complete, resolved recipe."""
+
+    name: str = "run"
+    out: str | None = None  # run directory; default runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> Config:
+        """Check option strings and ranges; raise ConfigError naming the field."""
+        if self.data.task is not None:
+            check_option(self.data.task, TASKS, "data.task")
+        check_option(self.data.resize, RESIZE_MODES, "data.resize")
+        check_option(self.train.optimizer, OPTIMIZERS, "train.optimizer")
+        check_option(self.train.schedule, SCHEDULES, "train.schedule")
+        check_option(self.train.balance, BALANCE, "train.balance")
+        check_option(self.train.monitor, MONITORS, "train.monitor")
+        check_option(self.model.transfer, TRANSFER, "model.transfer")
+        parse_threshold_strategy(self.eval.threshold)
+        for name, value, lo, hi in [
+            ("data.val_fraction", self.data.val_fraction, 0.0, 0.9),
+            ("data.test_fraction", self.data.test_fraction, 0.0, 0.9),
+            ("train.label_smoothing", self.train.label_smoothing, 0.0, 0.5),
+        ]:
+            if not lo <= value <= hi:
+                raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}.")
+        for name, value in [
+            ("data.size", self.data.size),
+            ("train.epochs", self.train.epochs),
+            ("train.batch_size", self.train.batch_size),
+        ]:
+            if int(value) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}.")
+        if self.train.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.train.lr}.")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+
+def parse_threshold_strategy(text: str) -> tuple[str, float | None]:
+    """``"sensitivity>=0.95"`` -> ``("sensitivity", 0.95)``; ``"youden"`` -> ``("youden", None)``."""
+    text = str(text).strip()
+    for kind in ("sensitivity", "specificity"):
+        if text.startswith(kind + ">="):
+            try:
+                value = float(text[len(kind) + 2 :])
+            except ValueError:
+                value = -1.0
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"threshold {text!r}: the target after '>=' must be in (0, 1].")
+            return kind, value
+    if text in ("0.5", "youden", "max-f1"):
+        return text, None
+    check_option(text, THRESHOLD_STRATEGIES, "threshold strategy")
+    raise AssertionError("unreachable")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from a nested dict, rejecting unknown keys with a suggestion."""
+    return _build(Config, data or {}, "")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        check_option(key, names, f"config key in {prefix or 'top level'}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Coerce YAML/CLI scalars to the annotated type (``"1e-3"`` -> float) with a clear error."""
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    target = args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) else hint
+    if typing.get_origin(target) is dict or target is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}.")
+        return dict(value)
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("true", "yes", "1", "on"):
+                    return True
+                if low in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if target is float:
+            return float(value)
+        if target is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {target.__name__}.") from None
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML at ``path`` <- ``overrides`` (dotted keys). Returns a validated Config."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist.")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    cfg = from_dict(data)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg.validate()
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with dotted-key overrides applied (``{"train.lr": 0.01}``)."""
+    data = to_dict(cfg)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config key {key!r}.")
+            node = node[part]
+        if parts[-1] not in node:
+            check_option(parts[-1], list(node), f"config key in {'.'.join(parts[:-1]) or 'top level'}")
+        node[parts[-1]] = value
+    return from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

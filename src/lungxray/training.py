@@ -1,0 +1,743 @@
+"""Train a model and write the run directory (config.yaml, model.safetensors, model.json, splits.csv, history.csv).
+
+``train(cfg)`` = ``prepare_data`` (manifest -> patient-grouped splits -> uint8 cache) + ``Trainer.fit``.
+The best checkpoint, the operating threshold and the OOD statistics are all chosen on the VALIDATION
+split; the test split is never read here beyond being recorded in splits.csv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lungxray.config import Config, save_config
+from lungxray.data.augment import Augment
+from lungxray.data.cache import cache_images
+from lungxray.data.manifest import Manifest, load_manifest
+from lungxray.data.splits import assign_splits
+from lungxray.errors import DataError, RunError
+from lungxray.evaluation.metrics import choose_threshold
+from lungxray.inference import DEFAULT_NORMALIZATION, normalize, predict_batches, resolve_device
+from lungxray.models.registry import create_model, freeze_backbone, model_spec
+from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
+from lungxray.rundir import atomic_write_text, save_weights, write_model_json
+
+HISTORY_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_accuracy",
+    "val_f1",
+    "seconds",
+    "images_per_s",
+]
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class PreparedData:
+    """A manifest with every split assigned and its images decoded: rows of failed files removed."""
+
+    manifest: Manifest
+    images: np.ndarray  # (N, S, S) uint8, aligned with manifest
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
+    cache_stats: dict[str, float] = field(default_factory=dict)
+
+
+def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
+    """Seeded subsample of ``max_images`` rows, stratified by label and split (for smoke runs)."""
+    if len(m) <= max_images:
+        return m
+    rng = np.random.default_rng(seed)
+    strata = np.array([f"{s}|{lab}" for s, lab in zip(m.splits, m.label_strings(), strict=True)])
+    keep: list[int] = []
+    for value in np.unique(strata):
+        rows = np.flatnonzero(strata == value)
+        k = max(1, round(len(rows) * max_images / len(m)))
+        keep.extend(rng.choice(rows, size=min(k, len(rows)), replace=False).tolist())
+    return m.subset(np.sort(np.array(keep)))
+
+
+def prepare_data(cfg: Config, *, progress: bool = True, console: Console | None = None) -> PreparedData:
+    """Manifest from ``cfg.data`` -> splits by patient -> cached (N, S, S) uint8 images."""
+    d = cfg.data
+    m = load_manifest(d)
+    if d.max_images:
+        # subsample before splitting so val/test fractions stay as asked
+        m = _subsample(m, d.max_images, cfg.train.seed)
+    m = assign_splits(m, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
+    cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress)
+    if not cached.ok.all():
+        if console:
+            console.print(f"[yellow]{int((~cached.ok).sum())} unreadable image(s) skipped:[/]")
+            for path, reason in list(cached.errors.items())[:10]:
+                console.print(f"  {path}: {reason}")
+        keep = np.flatnonzero(cached.ok)
+        m = m.subset(keep)
+        images = np.asarray(cached.images)[keep]
+    else:
+        images = cached.images
+    for split in ("train", "val"):
+        if len(m.split(split)) == 0:
+            raise DataError(f"the {split} split of {d.path} is empty; add images or lower data.val_fraction.")
+    stats = {
+        "seconds": cached.build_seconds,
+        "built": cached.built,
+        "reused": cached.reused,
+        "images_per_s": cached.images_per_s,
+    }
+    return PreparedData(manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats)
+
+
+# ----------------------------------------------------------------------------------------- pieces
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
+    """LR factor at ``step`` of ``total``: linear warm-up over ``warmup`` steps, then constant or cosine."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def make_optimizer(
+    name: str, params, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def class_weights(m: Manifest) -> torch.Tensor:
+    """Loss weights against imbalance: binary -> pos_weight (1,); multiclass -> (C,); multilabel -> pos_weight (C,)."""
+    y = m.labels
+    if m.task == "multiclass":
+        counts = np.nansum(y, axis=0)
+        w = len(y) / (len(counts) * np.maximum(counts, 1))
+        return torch.tensor(w, dtype=torch.float32)
+    pos = np.nansum(y, axis=0)
+    known = np.sum(~np.isnan(y), axis=0)
+    neg = known - pos
+    w = np.clip(neg / np.maximum(pos, 1), 0.05, 50.0)
+    return torch.tensor(w[1:] if m.task == "binary" else w, dtype=torch.float32)
+
+
+def loss_fn(
+    task: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, smoothing: float
+) -> torch.Tensor:
+    """Mean loss. target: binary (N,) 0/1; multiclass (N,) int; multilabel (N, C) with NaN = unknown (masked)."""
+    logits = logits.float()
+    if task == "multiclass":
+        return F.cross_entropy(logits, target.long(), weight=weight, label_smoothing=smoothing)
+    if task == "binary":
+        logits, target = logits.reshape(-1), target.float().reshape(-1)
+    mask = ~torch.isnan(target)
+    t = torch.nan_to_num(target, nan=0.0)
+    if smoothing:
+        t = t * (1 - smoothing) + 0.5 * smoothing
+    loss = F.binary_cross_entropy_with_logits(logits, t, pos_weight=weight, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def validation_scores(task: str, y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """auc / accuracy / f1 at 0.5 on validation (macro over classes or labels); NaN when undefined."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    out = {"auc": float("nan"), "accuracy": float("nan"), "f1": float("nan")}
+    with contextlib.suppress(ValueError):
+        if task == "binary":
+            out["auc"] = roc_auc_score(y, prob[:, 0])
+        elif task == "multiclass":
+            out["auc"] = roc_auc_score(y, prob, multi_class="ovr", average="macro")
+        else:
+            aucs = []
+            for c in range(y.shape[1]):
+                known = ~np.isnan(y[:, c])
+                if len(np.unique(y[known, c])) == 2:
+                    aucs.append(roc_auc_score(y[known, c], prob[known, c]))
+            out["auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    if task == "binary":
+        pred = (prob[:, 0] >= 0.5).astype(int)
+        out["accuracy"] = float(np.mean(pred == y))
+        out["f1"] = float(f1_score(y, pred, zero_division=0))
+    elif task == "multiclass":
+        pred = prob.argmax(1)
+        out["accuracy"] = float(np.mean(pred == y))
+        out["f1"] = float(f1_score(y, pred, average="macro", zero_division=0))
+    else:
+        known = ~np.isnan(y)
+        pred = prob >= 0.5
+        out["accuracy"] = float(np.mean(pred[known] == (y[known] > 0.5)))
+        out["f1"] = float(
+            f1_score(np.nan_to_num(y).astype(int), pred.astype(int), average="macro", zero_division=0)
+        )
+    return {k: float(v) for k, v in out.items()}
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (decay per step)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+# ----------------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    seconds: float
+    images_per_s: float
+    threshold: float | list[float] | None
+    history: list[dict[str, Any]]
+
+
+class Trainer:
+    """The training loop over a PreparedData; writes and resumes a run directory.
+
+    ``Trainer(cfg, data).fit()`` trains ``cfg.train.epochs`` epochs, keeps the best epoch by the
+    validation monitor, then writes model.safetensors / model.json with the threshold and OOD
+    statistics chosen on validation. ``fit(resume=True)`` continues from ``checkpoint.pt`` exactly.
+    """
+
+    def __init__(
+        self, cfg: Config, data: PreparedData, *, console: Console | None = None, progress: bool = True
+    ):
+        self.cfg = cfg
+        self.data = data
+        self.m = data.manifest
+        self.console = console or Console(quiet=not progress)
+        self.progress = progress
+        self.run_dir = cfg.run_dir
+        self.device = resolve_device(cfg.train.device)
+        self.task = self.m.task
+        self.num_outputs = 1 if self.task == "binary" else len(self.m.classes)
+        self.train_idx = np.flatnonzero(np.array(self.m.splits) == "train")
+        self.val_idx = np.flatnonzero(np.array(self.m.splits) == "val")
+        tgt = self.m.targets
+        self.targets = torch.as_tensor(np.asarray(tgt, dtype=np.float32))
+        self.val_y = np.asarray(tgt)[self.val_idx]
+        if self.task != "multilabel" and len(np.unique(np.asarray(tgt)[self.train_idx])) < 2:
+            raise DataError("the train split holds a single class; a classifier needs at least two.")
+
+    # -- setup --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        c = self.cfg
+        self.spec = model_spec(c.model.name)
+        self.in_chans = self.spec.default_in_chans if c.model.name.startswith("cnn-150") else 1
+        self.model = create_model(
+            c.model.name,
+            in_chans=self.in_chans,
+            num_classes=self.num_outputs,
+            weights=c.model.weights,
+            img_size=c.data.size,
+            **c.model.kwargs,
+        )
+        self.model.to(self.device)
+        if c.train.channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.weight = (
+            class_weights(self.m.subset(self.train_idx)).to(self.device)
+            if c.train.balance == "weights"
+            else None
+        )
+        self.steps_per_epoch = math.ceil(len(self.train_idx) / c.train.batch_size)
+        self.ema = EMA(self.model, c.train.ema) if c.train.ema else None
+        self.augment = Augment(c.augment)
+        self._set_phase(0)
+
+    def _frozen_at(self, epoch: int) -> bool:
+        t = self.cfg.model.transfer
+        return t == "freeze" or (t == "freeze-then-finetune" and epoch < self.cfg.model.freeze_epochs)
+
+    def _set_phase(self, epoch: int) -> None:
+        """(Re)build optimizer and scheduler for the phase (frozen / all layers) that ``epoch`` is in."""
+        c = self.cfg.train
+        frozen = self._frozen_at(epoch)
+        params = freeze_backbone(self.model, frozen)
+        staged = self.cfg.model.transfer == "freeze-then-finetune"
+        lr = c.lr * (self.cfg.model.finetune_lr_scale if staged and not frozen else 1.0)
+        start = self.cfg.model.freeze_epochs if staged and not frozen else 0
+        end = self.cfg.model.freeze_epochs if staged and frozen else c.epochs
+        total = max(1, (end - start) * self.steps_per_epoch)
+        self.frozen = frozen
+        self.optimizer = make_optimizer(c.optimizer, params, lr, c.weight_decay, c.momentum)
+        warmup = int(round(c.warmup_epochs * self.steps_per_epoch))
+        if c.schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer,
+                max_lr=lr,
+                total_steps=total,
+                pct_start=min(0.5, max(0.01, warmup / total)),
+                cycle_momentum=c.optimizer in ("sgd", "rmsprop"),
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: lr_multiplier(s, total, warmup, c.schedule)
+            )
+
+    # -- batches ------------------------------------------------------------------------------
+    def _epoch_order(self, g: torch.Generator) -> np.ndarray:
+        """Train row indices for one epoch: a permutation, or class-balanced sampling with replacement."""
+        n = len(self.train_idx)
+        if self.cfg.train.balance == "sampler" and self.task != "multilabel":
+            y = np.asarray(self.m.targets)[self.train_idx].astype(int)
+            counts = np.bincount(y)
+            w = torch.as_tensor(1.0 / counts[y], dtype=torch.float64)
+            pick = torch.multinomial(w, n, replacement=True, generator=g).numpy()
+        else:
+            pick = torch.randperm(n, generator=g).numpy()
+        return self.train_idx[pick]
+
+    def _batch(self, rows: np.ndarray, g: torch.Generator) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.data.images[np.sort(rows)]))
+        order = np.argsort(np.argsort(rows))  # undo the sort done for memmap locality
+        x = x[torch.as_tensor(order)].to(self.device, non_blocking=True).float().div_(255).unsqueeze(1)
+        x = self.augment(x, g)
+        x = normalize(x, DEFAULT_NORMALIZATION)
+        if self.in_chans != 1:
+            x = x.expand(-1, self.in_chans, -1, -1)
+        if self.cfg.train.channels_last and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # -- loop ---------------------------------------------------------------------------------
+    def _eval_model(self) -> torch.nn.Module:
+        if self.ema is None:
+            return self.model
+        model = self._ema_model = getattr(self, "_ema_model", None) or create_model(
+            self.cfg.model.name,
+            in_chans=self.in_chans,
+            num_classes=self.num_outputs,
+            img_size=self.cfg.data.size,
+            **self.cfg.model.kwargs,
+        ).to(self.device)
+        model.load_state_dict(self.ema.shadow)
+        return model
+
+    def _validate(self) -> tuple[dict[str, float], np.ndarray]:
+        model = self._eval_model()
+        prob, _ = predict_batches(
+            model,
+            self.data.images[self.val_idx],
+            task=self.task,
+            normalization=DEFAULT_NORMALIZATION,
+            device=self.device,
+            in_chans=self.in_chans,
+            amp=self._amp,
+        )
+        with torch.no_grad():
+            logits = torch.as_tensor(_logit(prob, self.task))
+            vloss = loss_fn(self.task, logits, self.targets[self.val_idx], None, 0.0).item()
+        scores = validation_scores(self.task, self.val_y, prob)
+        scores["loss"] = vloss
+        return scores, prob
+
+    @property
+    def _amp(self) -> bool:
+        return self.cfg.train.amp and self.device.type == "cuda"
+
+    def _better(self, score: float, best: float) -> bool:
+        if math.isnan(score):
+            return False
+        if self.cfg.train.monitor == "loss":
+            return math.isnan(best) or score < best
+        return math.isnan(best) or score > best
+
+    def fit(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train; ``stop_after`` ends after that many epochs in this call (as an interruption would)."""
+        c = self.cfg
+        run = self.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        ckpt_path = run / "checkpoint.pt"
+        if resume and not ckpt_path.is_file():
+            raise RunError(f"cannot resume: {ckpt_path} does not exist.")
+        if c.train.threads:
+            torch.set_num_threads(c.train.threads)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(c.train.seed)
+            self._build()
+            g = torch.Generator().manual_seed(c.train.seed + 1)
+            state = {
+                "epoch": 0,
+                "best_score": float("nan"),
+                "best_epoch": -1,
+                "history": [],
+                "seconds": 0.0,
+                "bad_epochs": 0,
+            }
+            if resume:
+                state = self._load_checkpoint(ckpt_path, g)
+            else:
+                save_config(c, run / "config.yaml")
+                self.m.to_csv(run / "splits.csv")
+            tracker = _Tracker(c) if c.train.track else None
+            done_this_call = 0
+            for epoch in range(state["epoch"], c.train.epochs):
+                if self._frozen_at(epoch) != self.frozen:
+                    self._set_phase(epoch)
+                row = self._train_epoch(epoch, g)
+                scores, _ = self._validate()
+                row.update(
+                    {
+                        "val_loss": scores["loss"],
+                        "val_auc": scores["auc"],
+                        "val_accuracy": scores["accuracy"],
+                        "val_f1": scores["f1"],
+                    }
+                )
+                state["history"].append(row)
+                state["seconds"] += row["seconds"]
+                monitor = scores[c.train.monitor]
+                if self._better(monitor, state["best_score"]):
+                    state.update(best_score=monitor, best_epoch=epoch, bad_epochs=0)
+                    save_weights(run / "best.safetensors", self._eval_model().state_dict())
+                else:
+                    state["bad_epochs"] += 1
+                state["epoch"] = epoch + 1
+                self._write_history(state["history"])
+                self._save_checkpoint(ckpt_path, state, g)
+                if tracker:
+                    tracker.log_epoch(row)
+                self.console.print(
+                    f"epoch {epoch + 1}/{c.train.epochs}  loss {row['train_loss']:.4f}  "
+                    f"val_loss {scores['loss']:.4f}  val_auc {scores['auc']:.4f}  "
+                    f"{row['images_per_s']:.0f} img/s  {row['seconds']:.0f}s"
+                )
+                done_this_call += 1  # noqa: SIM113
+                if c.train.early_stopping and state["bad_epochs"] >= c.train.early_stopping:
+                    self.console.print(
+                        f"early stopping: no val {c.train.monitor} gain in {c.train.early_stopping} epochs"
+                    )
+                    break
+                if stop_after is not None and done_this_call >= stop_after:
+                    return self._result(state, None)
+            result = self._finish(state)
+            if tracker:
+                tracker.finish(result)
+            return result
+
+    def _train_epoch(self, epoch: int, g: torch.Generator) -> dict[str, Any]:
+        c = self.cfg.train
+        self.model.train()
+        if self.frozen:  # frozen BatchNorm statistics stay fixed
+            for mod in self.model.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in mod.parameters()
+                ):
+                    mod.eval()
+        order = self._epoch_order(g)
+        t0, total_loss, seen = time.perf_counter(), 0.0, 0
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp)
+        with self._progress_bar() as bar:
+            task_id = bar.add_task(f"epoch {epoch + 1}", total=len(order), loss=float("nan"), rate=0.0)
+            for start in range(0, len(order), c.batch_size):
+                rows = order[start : start + c.batch_size]
+                x = self._batch(rows, g)
+                y = self.targets[rows].to(self.device)
+                with autocast:
+                    logits = self.model(x)
+                loss = loss_fn(self.task, logits, y, self.weight, c.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if c.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.ema:
+                    self.ema.update(self.model)
+                total_loss += loss.item() * len(rows)
+                seen += len(rows)
+                rate = seen / max(1e-9, time.perf_counter() - t0)
+                bar.update(task_id, advance=len(rows), loss=total_loss / seen, rate=rate)
+        seconds = time.perf_counter() - t0
+        return {
+            "epoch": epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": total_loss / seen,
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+
+    def _progress_bar(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[rate]:.0f} img/s"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.progress,
+        )
+
+    # -- persistence --------------------------------------------------------------------------
+    def _save_checkpoint(self, path: Path, state: dict, g: torch.Generator) -> None:
+        """Everything needed to resume exactly, written atomically (our own file: plain tensors and numbers)."""
+        blob = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.shadow if self.ema else None,
+            "generator": g.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "frozen": self.frozen,
+            "state": {k: v for k, v in state.items() if k != "history"},
+            "history": [[r.get(f) for f in HISTORY_FIELDS] for r in state["history"]],
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self, path: Path, g: torch.Generator) -> dict:
+        try:
+            blob = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing RunError
+            raise RunError(f"cannot resume from {path}: {exc}") from None
+        epoch = int(blob["state"]["epoch"])
+        if self._frozen_at(epoch) != self.frozen:
+            self._set_phase(epoch)
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        if self.ema and blob["ema"] is not None:
+            self.ema.shadow = {k: v.to(self.device) for k, v in blob["ema"].items()}
+        g.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        if blob["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(blob["cuda_rng"], self.device)
+        state = dict(blob["state"])
+        state["history"] = [dict(zip(HISTORY_FIELDS, r, strict=True)) for r in blob["history"]]
+        return state
+
+    def _write_history(self, history: list[dict]) -> None:
+        lines = [",".join(HISTORY_FIELDS)]
+        for r in history:
+            lines.append(
+                ",".join(
+                    "" if r.get(f) is None else f"{r[f]:.6g}" if isinstance(r[f], float) else str(r[f])
+                    for f in HISTORY_FIELDS
+                )
+            )
+        atomic_write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
+
+    def _result(self, state: dict, threshold) -> TrainResult:
+        hist = state["history"]
+        ips = float(np.mean([r["images_per_s"] for r in hist])) if hist else 0.0
+        return TrainResult(
+            self.run_dir,
+            state["best_epoch"] + 1,
+            state["best_score"],
+            len(hist),
+            state["seconds"],
+            ips,
+            threshold,
+            hist,
+        )
+
+    def _finish(self, state: dict) -> TrainResult:
+        """Best weights -> validation threshold(s) + OOD statistics -> model.safetensors + model.json."""
+        from safetensors.torch import load_file
+
+        c, run = self.cfg, self.run_dir
+        best = run / "best.safetensors"
+        if not best.is_file():
+            raise RunError("no epoch produced a finite validation score; check the data and learning rate.")
+        model = self._eval_model()
+        model.load_state_dict(load_file(str(best), device=str(self.device)))
+        val_prob, val_feat = predict_batches(
+            model,
+            self.data.images[self.val_idx],
+            task=self.task,
+            normalization=DEFAULT_NORMALIZATION,
+            device=self.device,
+            in_chans=self.in_chans,
+            features=True,
+            amp=self._amp,
+        )
+        threshold = thresholds = None
+        if self.task == "binary":
+            threshold = float(choose_threshold(self.val_y, val_prob[:, 0], c.eval.threshold))
+        elif self.task == "multilabel":
+            thresholds = []
+            for j in range(val_prob.shape[1]):
+                known = ~np.isnan(self.val_y[:, j])
+                yj = self.val_y[known, j]
+                thresholds.append(
+                    float(choose_threshold(yj, val_prob[known, j], c.eval.threshold))
+                    if len(np.unique(yj)) == 2
+                    else 0.5
+                )
+        rng = np.random.default_rng(c.train.seed)
+        fit_rows = (
+            self.train_idx
+            if len(self.train_idx) <= 5000
+            else np.sort(rng.choice(self.train_idx, 5000, False))
+        )
+        _, train_feat = predict_batches(
+            model,
+            self.data.images[fit_rows],
+            task=self.task,
+            normalization=DEFAULT_NORMALIZATION,
+            device=self.device,
+            in_chans=self.in_chans,
+            features=True,
+            amp=self._amp,
+        )
+        mean, precision = fit_gaussian(train_feat)
+        ood_threshold = fit_threshold(mahalanobis(val_feat, mean, precision))
+        save_weights(run / "model.safetensors", model.state_dict(), {"mean": mean, "precision": precision})
+        result = self._result(state, threshold if threshold is not None else thresholds)
+        info = {
+            "name": c.name,
+            "architecture": c.model.name,
+            "model_kwargs": dict(c.model.kwargs),
+            "in_chans": self.in_chans,
+            "input_size": c.data.size,
+            "resize": c.data.resize,
+            "normalization": dict(DEFAULT_NORMALIZATION),
+            "classes": list(self.m.classes),
+            "task": self.task,
+            "threshold_strategy": c.eval.threshold,
+            "ood": {
+                "method": "mahalanobis",
+                "dim": int(mean.shape[0]),
+                "threshold": ood_threshold,
+                "quantile": 0.99,
+                "fitted_on": f"{len(fit_rows)} train images; threshold on val",
+            },
+            "training": {
+                "data": str(c.data.path),
+                "csv": c.data.csv,
+                "counts": {s: self.m.class_counts(s) for s in ("train", "val", "test")},
+                "unreadable": len(self.data.unreadable),
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "best_val": {c.train.monitor: result.best_score},
+                "seconds": round(result.seconds, 2),
+                "images_per_s": round(result.images_per_s, 1),
+                "device": str(self.device),
+                "parameters": int(sum(p.numel() for p in model.parameters())),
+            },
+        }
+        if self.task == "binary":
+            info["positive_class"] = self.m.classes[1]
+            info["threshold"] = threshold
+        elif self.task == "multilabel":
+            info["thresholds"] = thresholds
+        write_model_json(run, info)
+        self._learning_curve_figure(state["history"])
+        return result
+
+    def _learning_curve_figure(self, history: list[dict]) -> None:
+        from lungxray.evaluation.plots import learning_curves, save_figure
+
+        save_figure(learning_curves(history), self.run_dir / "figures" / "learning_curves.png")
+
+
+def _logit(prob: np.ndarray, task: str) -> np.ndarray:
+    """Invert the output activation (for a validation loss from stored probabilities)."""
+    p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) if task == "multiclass" else np.log(p / (1 - p))
+
+
+class _Tracker:
+    """Optional MLflow logging (``train.track: mlflow``): params, per-epoch metrics, the run directory."""
+
+    def __init__(self, cfg: Config):
+        from lungxray.errors import check_option
+
+        check_option(cfg.train.track, ["mlflow"], "train.track")
+        try:
+            import mlflow
+        except ImportError:
+            raise RunError('experiment tracking needs MLflow: pip install "lungxray[track]"') from None
+        from lungxray.config import to_dict
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", f"file:{Path('mlruns').resolve()}"))
+        mlflow.start_run(run_name=cfg.name)
+        flat = {}
+        for section, values in to_dict(cfg).items():
+            if isinstance(values, dict):
+                flat.update({f"{section}.{k}": v for k, v in values.items()})
+        mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
+        self.run_dir = cfg.run_dir
+
+    def log_epoch(self, row: dict) -> None:
+        self.mlflow.log_metrics(
+            {
+                k: float(v)
+                for k, v in row.items()
+                if k != "epoch" and v is not None and not (isinstance(v, float) and math.isnan(v))
+            },
+            step=int(row["epoch"]),
+        )
+
+    def finish(self, result: TrainResult) -> None:
+        self.mlflow.log_artifacts(str(self.run_dir), artifact_path="run")
+        self.mlflow.end_run()
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """history.csv as a list of dicts (numbers parsed)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [
+            {k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(fh)
+        ]
+
+
+def train(
+    cfg: Config, *, resume: bool = False, progress: bool = True, console: Console | None = None
+) -> TrainResult:
+    """Prepare the data of ``cfg`` and train; the library twin of ``lungxray train``."""
+    console = console or Console(quiet=not progress)
+    cfg.validate()
+    if resume and (cfg.run_dir / "config.yaml").is_file():
+        from lungxray.config import load_config
+
+        cfg = load_config(cfg.run_dir / "config.yaml")
+    elif (cfg.run_dir / "model.json").exists() and not resume:
+        raise RunError(f"{cfg.run_dir} already holds a finished run; choose another --out or delete it.")
+    data = prepare_data(cfg, progress=progress, console=console)
+    m = data.manifest
+    console.print(
+        f"data: {len(m)} images, task {m.task}, classes {list(m.classes)}; "
+        + ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test"))
+    )
+    return Trainer(cfg, data, console=console, progress=progress).fit(resume=resume)

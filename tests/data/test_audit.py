@@ -1,0 +1,138 @@
+"""audit() on a small real-image data set with planted duplicates, a corrupt file and a shared patient."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from lungxray.data.audit import audit, near_duplicate_pairs, render_audit
+from lungxray.data.manifest import from_folders
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+CHEST = DATA_ROOT / "chest_xray"
+
+
+@pytest.mark.parametrize("threshold", [0, 4, 12])
+def test_near_duplicate_pairs_matches_brute_force(threshold):
+    rng = np.random.default_rng(threshold)
+    base = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, (40, 3)).astype(np.uint64)
+    # 40 random hashes + 40 copies with up to 3 bits flipped + 2 exact repeats; blocks smaller than N
+    hashes = np.concatenate([base, base ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2], base[:2]])
+    got = near_duplicate_pairs(hashes, threshold, block=7)
+    expected = [
+        (i, j, d)
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if (d := bin(int(hashes[i]) ^ int(hashes[j])).count("1")) <= threshold
+    ]
+    assert [tuple(map(int, r)) for r in got] == expected
+    assert len(expected) >= 2
+
+
+def _copy_as(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    return dst
+
+
+@pytest.fixture
+def dataset(tmp_path) -> dict[str, Path]:
+    """train/test x NORMAL/PNEUMONIA of real X-rays, renamed so patients are distinct, plus planted problems."""
+    if not CHEST.is_dir():
+        pytest.skip(f"real data not found at {CHEST}")
+    root = tmp_path / "data"
+    normal = sorted((CHEST / "train" / "NORMAL").glob("*.jpeg"))[:12]
+    pneu = sorted((CHEST / "train" / "PNEUMONIA").glob("*.jpeg"))[:12]
+    for i, p in enumerate(normal):
+        _copy_as(p, root / ("train" if i < 8 else "test") / "NORMAL" / f"n{i:02d}.jpeg")
+    for i, p in enumerate(pneu):
+        _copy_as(p, root / ("train" if i < 8 else "test") / "PNEUMONIA" / f"p{i:02d}.jpeg")
+    planted = {
+        "exact_a": root / "train/NORMAL/n00.jpeg",
+        "exact_b": _copy_as(root / "train/NORMAL/n00.jpeg", root / "test/NORMAL/copy.jpeg"),
+        "near_a": root / "train/PNEUMONIA/p01.jpeg",
+        "near_b": root / "test/PNEUMONIA/brighter.png",  # same X-ray, brightness +2, re-encoded
+        "within_a": root / "train/NORMAL/n02.jpeg",
+        "within_b": root / "train/NORMAL/smaller.jpeg",  # same X-ray, resized 224 -> 200
+        "corrupt": root / "test/NORMAL/broken.jpeg",
+        "patient_train": _copy_as(
+            CHEST / "test/PNEUMONIA" / _first("test/PNEUMONIA"),
+            root / "train/PNEUMONIA/person9001_bacteria_1.jpeg",
+        ),
+        "patient_test": _copy_as(
+            CHEST / "test/PNEUMONIA" / _first("test/PNEUMONIA", 1),
+            root / "test/PNEUMONIA/person9001_virus_2.jpeg",
+        ),
+    }
+    gray = np.asarray(Image.open(planted["near_a"]).convert("L"), dtype=np.int16)
+    Image.fromarray(np.clip(gray + 2, 0, 255).astype(np.uint8)).save(planted["near_b"])
+    Image.open(planted["within_a"]).resize((200, 200), Image.Resampling.BICUBIC).save(
+        planted["within_b"], quality=90
+    )
+    data = planted["exact_a"].read_bytes()
+    planted["corrupt"].write_bytes(data[: len(data) // 4])
+    planted["root"] = root
+    return planted
+
+
+def _first(sub: str, k: int = 0) -> str:
+    return sorted(p.name for p in (CHEST / sub).glob("*.jpeg"))[k]
+
+
+def test_audit_finds_each_planted_problem(dataset, tmp_path):
+    m = from_folders(dataset["root"])
+    s = {k: str(v) for k, v in dataset.items()}
+    report = audit(m, cache_dir=tmp_path / "cache", size=64, workers=2, progress=False)
+
+    assert report["n_images"] == len(m) == 30
+    assert report["counts"] == {
+        "train": {"NORMAL": 9, "PNEUMONIA": 9},
+        "test": {"NORMAL": 6, "PNEUMONIA": 6},
+    }
+    assert report["class_balance"]["all"] == {"NORMAL": 0.5, "PNEUMONIA": 0.5}
+    assert report["duplicates_across_splits"] == [
+        [s["exact_a"], s["exact_b"], "exact"],
+        [s["near_a"], s["near_b"], "near"],
+    ]
+    assert report["duplicates_within_splits"] == [[s["within_a"], s["within_b"], "near"]]
+    assert report["unreadable"] == [{"path": s["corrupt"], "reason": report["unreadable"][0]["reason"]}]
+    assert "trunc" in report["unreadable"][0]["reason"].lower()
+    assert report["patients_across_splits"] == {"person9001": ["test", "train"]}
+    assert report["sizes"]["width"] == {"min": 200, "median": 224.0, "max": 224}
+    assert report["modes"] == {"RGB": 28, "L": 1}
+    assert report["formats"] == {"JPEG": 28, "PNG": 1}
+    assert report["cache"]["built"] == 29 and report["cache"]["reused"] == 0
+    assert json.loads(json.dumps(report)) == report
+
+    warm = audit(m, cache_dir=tmp_path / "cache", size=64, progress=False)
+    assert warm["cache"]["built"] == 0 and warm["cache"]["reused"] == 29
+    assert warm["duplicates_across_splits"] == report["duplicates_across_splits"]
+
+    console = Console(file=io.StringIO(), width=160, record=True)
+    render_audit(report, console)
+    text = console.export_text()
+    assert "LEAKAGE: 2 duplicate pairs across splits (1 exact, 1 near)" in text
+    assert "LEAKAGE: 1 patients in more than one split" in text
+    assert "test/NORMAL/copy.jpeg" in text and "person9001" in text and "broken.jpeg" in text
+
+
+def test_clean_data_set_reports_nothing(dataset, tmp_path):
+    root = dataset["root"]
+    for key in ("exact_b", "near_b", "within_b", "corrupt", "patient_test"):
+        dataset[key].unlink()
+    report = audit(from_folders(root), cache_dir=tmp_path / "cache", size=32, progress=False)
+    for key in ("duplicates_across_splits", "duplicates_within_splits", "unreadable"):
+        assert report[key] == []
+    assert report["patients_across_splits"] == {}
+    console = Console(file=io.StringIO(), width=120, record=True)
+    render_audit(report, console)
+    text = console.export_text()
+    assert "No duplicate images across splits" in text and "LEAKAGE" not in text

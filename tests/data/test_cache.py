@@ -1,0 +1,230 @@
+"""to_model_input and the content-hashed image cache, on generated PNGs and real chest X-ray JPEGs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungxray.data.cache import cache_images, default_cache_dir, to_model_input
+from lungxray.data.imageio import read_image
+from lungxray.errors import ConfigError
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+CHEST = DATA_ROOT / "chest_xray"
+
+
+# ---------------------------------------------------------------- to_model_input
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+@pytest.mark.parametrize(("value", "expected"), [(0.0, 0), (1.0, 255), (0.5, 128), (0.2, 51)])
+def test_square_constant_image_maps_to_rounded_uint8(resize, value, expected):
+    out = to_model_input(np.full((50, 50), value, np.float32), 32, resize)
+    assert out.shape == (32, 32) and out.dtype == np.uint8
+    assert (out == expected).all()
+
+
+def test_same_size_is_exact_rounding():
+    img = np.random.default_rng(0).random((40, 40), dtype=np.float32)
+    np.testing.assert_array_equal(to_model_input(img, 40), np.rint(img * 255).astype(np.uint8))
+
+
+def test_stretch_fills_the_square_and_keeps_orientation():
+    img = np.zeros((100, 40), np.float32)
+    img[:50] = 1.0  # top half white
+    out = to_model_input(img, 64, "stretch")
+    assert out.shape == (64, 64)
+    assert (out[:30] == 255).all() and (out[34:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "box"),  # box = (top, bottom, left, right) of the content in a 64 x 64 output
+    [((100, 50), (0, 64, 16, 48)), ((30, 90), (21, 42, 0, 64)), ((64, 64), (0, 64, 0, 64))],
+)
+def test_pad_keeps_aspect_ratio_centred_with_zero_borders(shape, box):
+    out = to_model_input(np.ones(shape, np.float32), 64, "pad")
+    top, bottom, left, right = box
+    assert out.shape == (64, 64) and out.dtype == np.uint8
+    assert (out[top:bottom, left:right] == 255).all()
+    mask = np.zeros((64, 64), bool)
+    mask[top:bottom, left:right] = True
+    assert (out[~mask] == 0).all()
+
+
+def test_downsampling_is_antialiased():
+    # a 1-pixel checkerboard must average to grey, not alias into stripes or a flat black/white
+    board = (np.indices((256, 256)).sum(0) % 2).astype(np.float32)
+    out = to_model_input(board, 64)
+    assert np.abs(out.astype(int) - 128).max() <= 2
+
+
+def test_float_precision_kept_until_rounding():
+    # 16-bit-like ramp: resizing in float keeps every output level distinct where 8-bit would band
+    ramp = np.tile(np.linspace(0.0, 1.0, 4096, dtype=np.float32), (8, 1))
+    out = to_model_input(ramp, 256)[0]
+    assert len(np.unique(out)) >= 250 and (np.diff(out.astype(int)) >= 0).all()
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ConfigError, match="strech"):
+        to_model_input(np.zeros((10, 10), np.float32), 8, "strech")
+    with pytest.raises(ValueError, match="shape"):
+        to_model_input(np.zeros((10, 10, 3), np.float32), 8)
+    with pytest.raises(ValueError, match="size"):
+        to_model_input(np.zeros((10, 10), np.float32), 0)
+
+
+def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LUNGXRAY_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("LUNGXRAY_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "lungxray"
+
+
+# ---------------------------------------------------------------- cache_images
+
+
+def _write_generated(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n PNGs of varied size and mode (L, RGB, 16-bit I;16)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(20, 120)), int(rng.integers(20, 120))
+        if i % 3 == 0:
+            im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        elif i % 3 == 1:
+            im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        else:
+            im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+        p = folder / f"gen{i:02d}.png"
+        im.save(p)
+        out.append(p)
+    return out
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> list[Path]:
+    """20 generated PNGs + 30 real chest X-ray JPEGs (copied, so tests may edit them)."""
+    if not CHEST.is_dir():
+        pytest.skip(f"real data not found at {CHEST}")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = _write_generated(folder, 20)
+    real = sorted((CHEST / "train" / "NORMAL").glob("*.jpeg"))[:15]
+    real += sorted((CHEST / "train" / "PNEUMONIA").glob("*.jpeg"))[:15]
+    for p in real:
+        shutil.copy(p, folder / p.name)
+        paths.append(folder / p.name)
+    return paths
+
+
+def test_build_then_reuse_everything(image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    first = cache_images(image_folder, 48, cache_dir=cache, workers=2, progress=False)
+    n = len(image_folder)
+    assert first.images.shape == (n, 48, 48) and first.images.dtype == np.uint8
+    assert first.ok.all() and first.errors == {}
+    assert (first.built, first.reused, first.decoded) == (n, 0, n)
+    assert first.images_per_s > 0
+    for i in (0, 2, 25, n - 1):  # rows are exactly the shared preprocessing of the decoded file
+        np.testing.assert_array_equal(first.images[i], to_model_input(read_image(image_folder[i]), 48))
+    info = first.info[25]
+    assert set(info) == {"width", "height", "mode", "format", "sha1", "phash"}
+    assert (info["width"], info["height"], info["mode"], info["format"]) == (224, 224, "RGB", "JPEG")
+    assert len(info["sha1"]) == 40 and len(info["phash"]) == 16
+    assert first.info[2]["format"] == "PNG"
+
+    second = cache_images(image_folder, 48, cache_dir=cache, workers=2, progress=False)
+    assert (second.built, second.reused, second.decoded) == (0, n, 0)
+    assert isinstance(second.images, np.memmap)
+    np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
+    assert second.info == first.info
+    assert str(second.store).startswith(str(cache))
+
+    # another order of the same files: reused, rows follow the new order
+    rev = cache_images(image_folder[::-1], 48, cache_dir=cache, progress=False)
+    assert rev.built == 0
+    np.testing.assert_array_equal(np.asarray(rev.images), np.asarray(first.images)[::-1])
+
+
+def test_changed_file_is_decoded_again_and_only_it(image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    first = np.array(cache_images(image_folder, 32, cache_dir=cache, workers=2, progress=False).images)
+    Image.fromarray(np.full((60, 80), 200, np.uint8)).save(image_folder[3])  # same path, new content
+    again = cache_images(image_folder, 32, cache_dir=cache, workers=2, progress=False)
+    assert (again.built, again.reused) == (1, len(image_folder) - 1)
+    assert (again.images[3] == 200).all()
+    others = np.arange(len(image_folder)) != 3
+    np.testing.assert_array_equal(again.images[others], first[others])
+    assert again.info[3]["width"] == 80 and again.info[3]["mode"] == "L"
+
+
+def test_bad_files_are_reported_not_fatal_and_retried(image_folder, tmp_path):
+    folder = image_folder[0].parent
+    jpeg = image_folder[25].read_bytes()
+    truncated = folder / "truncated.jpeg"
+    truncated.write_bytes(jpeg[: len(jpeg) // 3])
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    missing = folder / "missing.png"
+    paths = [*image_folder[:5], truncated, empty, missing, *image_folder[25:28]]
+    cache = tmp_path / "cache"
+
+    out = cache_images(paths, 32, cache_dir=cache, workers=2, progress=False)
+    bad = {str(truncated), str(empty), str(missing)}
+    assert set(out.errors) == bad
+    assert "empty" in out.errors[str(empty)] and "not found" in out.errors[str(missing)]
+    assert out.ok.tolist() == [True] * 5 + [False] * 3 + [True] * 3
+    assert not out.images[5:8].any() and all(out.images[i].any() for i in (0, 8, 9, 10))
+    assert [x is None for x in out.info] == [not v for v in out.ok]
+    assert out.built + out.reused + len(out.errors) == len(paths)
+
+    # errors are not cached: still reported next time; once fixed, the file is decoded
+    again = cache_images(paths, 32, cache_dir=cache, workers=2, progress=False)
+    assert set(again.errors) == bad and again.built == 0
+    truncated.write_bytes(image_folder[40].read_bytes())
+    fixed = cache_images(paths, 32, cache_dir=cache, workers=2, progress=False)
+    assert set(fixed.errors) == bad - {str(truncated)}
+    assert (fixed.built, fixed.reused) == (1, 8) and fixed.ok[5]
+    np.testing.assert_array_equal(fixed.images[5], to_model_input(read_image(image_folder[40]), 32))
+
+
+def test_identical_contents_decoded_once_and_modes_kept_apart(image_folder, tmp_path):
+    folder = image_folder[0].parent
+    copy = folder / "copy_of_real.jpeg"
+    shutil.copy(image_folder[30], copy)
+    paths = [image_folder[30], copy, image_folder[0]]
+    cache = tmp_path / "cache"
+    out = cache_images(paths, 32, cache_dir=cache, workers=1, progress=False)
+    assert out.decoded == 2 and out.built == 3
+    np.testing.assert_array_equal(out.images[0], out.images[1])
+    assert out.info[0]["sha1"] == out.info[1]["sha1"] != out.info[2]["sha1"]
+
+    padded = cache_images(paths, 32, resize="pad", cache_dir=cache, workers=1, progress=False)
+    assert padded.built == 3  # another preprocessing is another store
+    np.testing.assert_array_equal(padded.images[2], to_model_input(read_image(paths[2]), 32, "pad"))
+
+
+def test_damaged_shard_or_leftover_temp_file_is_ignored(image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    paths = image_folder[:10]
+    first = np.array(cache_images(paths, 32, cache_dir=cache, workers=1, progress=False).images)
+    shards = list(cache.rglob("shards/*.u8"))
+    assert len(shards) == 1
+    with open(shards[0], "r+b") as f:  # what a disk-full or a foreign writer could leave
+        f.truncate(100)
+    (shards[0].parent / ".half-written.u8.123.tmp").write_bytes(b"\0" * 50)
+    for s in cache.rglob("sets/*.u8"):
+        s.unlink()
+    again = cache_images(paths, 32, cache_dir=cache, workers=1, progress=False)
+    assert (again.built, again.reused) == (10, 0)
+    np.testing.assert_array_equal(np.asarray(again.images), first)
+
+
+def test_empty_list(tmp_path):
+    out = cache_images([], 32, cache_dir=tmp_path, progress=False)
+    assert out.images.shape == (0, 32, 32) and out.ok.shape == (0,) and out.built == 0

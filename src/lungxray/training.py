@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,8 +374,19 @@ class Trainer:
             return math.isnan(best) or score < best
         return math.isnan(best) or score > best
 
-    def fit(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-        """Train; ``stop_after`` ends after that many epochs in this call (as an interruption would)."""
+    def fit(
+        self,
+        *,
+        resume: bool = False,
+        stop_after: int | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> TrainResult:
+        """Train; write the run directory; return a summary.
+
+        ``stop_after`` ends after that many epochs in this call (as an interruption would; resume with
+        ``resume=True``). ``on_epoch(epoch, val_scores)`` is called after each validation (the tuner
+        uses it to prune; it may raise to stop training).
+        """
         c = self.cfg
         run = self.run_dir
         run.mkdir(parents=True, exist_ok=True)
@@ -429,6 +441,8 @@ class Trainer:
                 self._save_checkpoint(ckpt_path, state, g)
                 if tracker:
                     tracker.log_epoch(row)
+                if on_epoch:
+                    on_epoch(epoch, scores)
                 self.console.print(
                     f"epoch {epoch + 1}/{c.train.epochs}  loss {row['train_loss']:.4f}  "
                     f"val_loss {scores['loss']:.4f}  val_auc {scores['auc']:.4f}  "

@@ -30,7 +30,12 @@ def to_input(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """uint8 (N, S, S) -> normalised float32 (N, in_chans, S, S) on ``device``."""
-    x = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
+    if isinstance(batch, torch.Tensor):
+        x = batch
+    else:
+        arr = np.asarray(batch)
+        # a read-only array (a cache memmap slice) would make torch warn; copying one batch is cheap
+        x = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
     x = x.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
     x = normalize(x, normalization)
     if in_chans != 1:

@@ -33,6 +33,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and runs are meant to be shared
     os.replace(tmp, path)
 
 
@@ -47,6 +48,7 @@ def save_weights(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     save_file(tensors, tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

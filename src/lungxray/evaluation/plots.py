@@ -362,7 +362,7 @@ def learning_curves(
         for a in (loss_ax, metric_ax if not isinstance(ax, Axes) else None):
             if a is not None:
                 a.axvline(best_epoch, color="black", ls=":", lw=1.5, label=f"best epoch {best_epoch}")
-    loss_ax.legend(fontsize=9, loc="upper right")
+    loss_ax.legend(fontsize=9, loc="best")
     if title:
         fig.suptitle(title)
     return fig
@@ -408,15 +408,18 @@ def per_label_auc_bars(
         ax.errorbar(
             shown[ok], ypos[ok], xerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=3, lw=1
         )
+    # the axis starts at 0.5 (chance) unless an AUC or its CI is below it: then those must stay visible
+    low = [x for x in (*vals, *(lo if ci_low is not None and ci_high is not None else ())) if np.isfinite(x)]
+    left = min(0.5, math.floor(10 * min(low, default=0.5)) / 10)
     for y, v in zip(ypos, vals[order], strict=True):
-        ax.text(0.51, y, "n/a" if not np.isfinite(v) else f"{v:.3f}", va="center", fontsize=9, color="white"
-                if np.isfinite(v) and v > 0.6 else "black")  # fmt: skip
+        ax.text(left + 0.01, y, "n/a" if not np.isfinite(v) else f"{v:.3f}", va="center", fontsize=9,
+                color="white" if np.isfinite(v) and v > left + 0.1 else "black")  # fmt: skip
     if reference:
         ref = [reference.get(labels[i], math.nan) for i in order]
         ax.plot(ref, ypos, "D", color="black", ms=5, label="reference")
     ax.axvline(0.5, color="grey", ls="--", lw=1)
     ax.set_yticks(ypos, labels=[labels[i] for i in order])
-    ax.set_xlim(0.5, 1.0)
+    ax.set_xlim(left, 1.0)
     ax.legend(loc="lower right", fontsize=9)
     _style(ax, title, "AUC (one label vs rest)", "")
     ax.grid(True, axis="x", alpha=0.3)

@@ -1,0 +1,83 @@
+"""compare_runs on two evaluated runs (a real one and a copy with other numbers) and on an unevaluated one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from lungxray.errors import RunError
+from lungxray.evaluation.compare import COLUMNS, compare_runs, render_comparison
+from lungxray.evaluation.evaluate import evaluate_run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_run, cache_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    a = root / "small"
+    shutil.copytree(tiny_run, a, ignore=shutil.ignore_patterns("eval", "checkpoint.pt", "best.safetensors"))
+    evaluate_run(a, n_boot=50, progress=False, cache_dir=cache_dir)
+    b = root / "bigger"
+    shutil.copytree(a, b)
+    m = json.loads((b / "eval" / "test" / "metrics.json").read_text())
+    m["auc"] = {"value": 0.97, "ci_low": 0.95, "ci_high": 0.99}
+    m["f1"]["value"] = 0.91
+    (b / "eval" / "test" / "metrics.json").write_text(json.dumps(m))
+    info = json.loads((b / "model.json").read_text())
+    info["architecture"] = "resnet18"
+    info["training"].update(seconds=1234.5, parameters=11_000_000)
+    (b / "model.json").write_text(json.dumps(info))
+    return a, b
+
+
+def test_compare_writes_table_and_figure(two_runs, tmp_path):
+    a, b = two_runs
+    result = compare_runs([a, b], split="test", out=tmp_path / "cmp")
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["small", "bigger"]
+    ma = json.loads((a / "eval" / "test" / "metrics.json").read_text())
+    ia = json.loads((a / "model.json").read_text())
+    assert rows["small"]["auc"] == pytest.approx(ma["auc"]["value"])
+    assert rows["small"]["auc_ci_low"] == pytest.approx(ma["auc"]["ci_low"])
+    assert rows["small"]["sensitivity"] == pytest.approx(ma["sensitivity"]["value"])
+    assert rows["small"]["train_seconds"] == ia["training"]["seconds"]
+    assert rows["small"]["parameters"] == ia["training"]["parameters"]
+    assert rows["small"]["input_size"] == 64 and rows["small"]["n"] == ma["n"]
+    assert rows["bigger"]["auc"] == 0.97 and rows["bigger"]["f1"] == 0.91
+    assert rows["bigger"]["architecture"] == "resnet18" and rows["bigger"]["train_seconds"] == 1234.5
+
+    assert result["table"] == tmp_path / "cmp" / "compare.csv"
+    with result["table"].open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == list(COLUMNS) and len(table) == 2
+    assert float(table[1]["auc"]) == 0.97 and table[1]["parameters"] == "11000000"
+    with Image.open(result["figure"]) as im:
+        assert im.format == "PNG" and im.width > 600
+
+    console = Console(record=True, width=200)
+    render_comparison(result, console)
+    out = console.export_text()
+    assert out.index("bigger") < out.index("small")  # best AUC first
+    assert "0.970 [0.950, 0.990]" in out and "11,000,000" in out
+
+
+def test_compare_default_out_is_compare_folder(two_runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = compare_runs([str(two_runs[0])])
+    assert result["table"].resolve() == (tmp_path / "compare" / "compare.csv").resolve()
+    assert result["table"].is_file() and result["figure"].is_file()
+
+
+def test_unevaluated_run_is_a_run_error(tiny_run, two_runs, tmp_path):
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tiny_run, fresh, ignore=shutil.ignore_patterns("eval", "checkpoint.pt"))
+    with pytest.raises(RunError, match=r"lungxray evaluate .*fresh.* first"):
+        compare_runs([two_runs[0], fresh], out=tmp_path / "cmp")
+    with pytest.raises(RunError, match="no evaluation on 'val'"):
+        compare_runs([two_runs[0]], split="val", out=tmp_path / "cmp")
+    with pytest.raises(RunError, match="not a run directory"):
+        compare_runs([tmp_path / "nothing"], out=tmp_path / "cmp")

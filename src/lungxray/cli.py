@@ -310,7 +310,9 @@ def tune(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning LungXrayError into a one-line message and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LungXrayError as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)

@@ -1,0 +1,112 @@
+"""The model card served at ``GET /api/model``: what the model does, how well, and where it fails.
+
+Built from model.json (classes, threshold and how it was chosen, training counts) and, when the run
+was evaluated, ``RUN/eval/test/metrics.json`` (test metrics with bootstrap CIs). Server paths are
+never exposed: the training data is named by its folder name only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lungxray import DISCLAIMER
+
+INTENDED_USE = (
+    "A second look for trained readers of frontal chest radiographs that resemble the training data: "
+    "it flags images for attention and shows where the model looked. Every result must be reviewed "
+    "by a clinician; it is not a diagnosis."
+)
+
+
+def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
+    training = info.get("training") or {}
+    data = training.get("data") or training.get("csv")
+    keys = ("counts", "epochs_run", "best_epoch", "seconds", "images_per_s", "device", "unreadable")
+    summary = {k: training[k] for k in keys if k in training}
+    summary["data"] = Path(str(data)).name if data else None
+    counts = summary.get("counts") or {}
+    summary["n_images"] = int(sum(sum(c.values()) for c in counts.values() if isinstance(c, dict)))
+    return summary
+
+
+def read_test_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """``RUN/eval/test/metrics.json`` as a dict, or None when the run was not evaluated (or it is bad)."""
+    path = Path(run_dir) / "eval" / "test" / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _limitations(info: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
+    strategy = info.get("threshold_strategy", "0.5")
+    n = training.get("n_images") or "an unknown number of"
+    source = training.get("data") or "its training source"
+    items = [
+        f"Trained on {n} images from {source}: accuracy on other hospitals, scanners, patient groups "
+        "(e.g. children versus adults) and projections can be markedly lower.",
+        f"The decision threshold was chosen on the validation split ({strategy!r}) and is fixed; "
+        "it sets the trade-off between missed findings and false alarms.",
+        "Heatmaps (Grad-CAM) show which regions raised the score; they are not a segmentation "
+        "and do not locate disease.",
+        "The out-of-distribution flag catches images unlike the training X-rays (photographs, other "
+        "body parts), not every subtle difference in population or equipment.",
+        "Probabilities may be miscalibrated on data unlike the training set.",
+    ]
+    if metrics is None:
+        items.append("This run has no test-set evaluation yet (run `lungxray evaluate RUN`).")
+    else:
+        items.append(
+            "Test metrics come from a held-out split of the same source as the training data; "
+            "they are not a clinical validation."
+        )
+    return items
+
+
+def model_card(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON model card of a run (see the module docstring)."""
+    classes = list(info["classes"])
+    task = info["task"]
+    training = _training_summary(info)
+    metrics = read_test_metrics(run_dir)
+    strategy = info.get("threshold_strategy", "0.5")
+    ood = info.get("ood") or {}
+    card: dict[str, Any] = {
+        "name": info.get("name"),
+        "architecture": info.get("architecture"),
+        "created": info.get("created"),
+        "lungxray_version": info.get("lungxray_version"),
+        "task": task,
+        "classes": classes,
+        "positive_class": info.get("positive_class", classes[1] if task == "binary" else None),
+        "input_size": info.get("input_size"),
+        "threshold": info.get("threshold") if task == "binary" else None,
+        "thresholds": (dict(zip(classes, info.get("thresholds") or [], strict=False)) or None)
+        if task == "multilabel"
+        else None,
+        "threshold_strategy": strategy,
+        "threshold_note": (
+            "argmax of the class probabilities (no threshold)"
+            if task == "multiclass"
+            else f"chosen on the validation split with the {strategy!r} rule, before any test data was seen"
+        ),
+        "ood": {
+            "method": ood.get("method"),
+            "threshold": ood.get("threshold"),
+            "note": "Mahalanobis distance of the image's features to the training X-rays; above the "
+            "threshold (a high percentile of validation X-rays) the result is flagged as unreliable.",
+        }
+        if ood
+        else None,
+        "training": training,
+        "test_metrics": metrics,
+        "intended_use": INTENDED_USE,
+        "limitations": _limitations(info, training, metrics),
+        "disclaimer": info.get("disclaimer") or DISCLAIMER,
+    }
+    return card

@@ -8,6 +8,7 @@ split; the test split is never read here beyond being recorded in splits.csv.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import math
 import os
@@ -254,7 +255,7 @@ class Trainer:
     def _build(self) -> None:
         c = self.cfg
         self.spec = model_spec(c.model.name)
-        self.in_chans = self.spec.default_in_chans if c.model.name.startswith("cnn-150") else 1
+        self.in_chans = self.spec.default_in_chans
         self.model = create_model(
             c.model.name,
             in_chans=self.in_chans,
@@ -293,17 +294,20 @@ class Trainer:
         self.frozen = frozen
         self.optimizer = make_optimizer(c.optimizer, params, lr, c.weight_decay, c.momentum)
         warmup = int(round(c.warmup_epochs * self.steps_per_epoch))
-        if c.schedule == "onecycle":
+        # OneCycleLR needs > 1 step in each of its two phases (it divides by the phase length);
+        # a phase shorter than 4 steps (a smoke run) uses warm-up + cosine instead.
+        if c.schedule == "onecycle" and total >= 4:
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer,
                 max_lr=lr,
                 total_steps=total,
-                pct_start=min(0.5, max(0.01, warmup / total)),
+                pct_start=max(1.5 / total, min(0.5, max(0.01, warmup / total))),
                 cycle_momentum=c.optimizer in ("sgd", "rmsprop"),
             )
         else:
+            schedule = "cosine" if c.schedule == "onecycle" else c.schedule
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda s: lr_multiplier(s, total, warmup, c.schedule)
+                self.optimizer, lambda s: lr_multiplier(s, total, warmup, schedule)
             )
 
     # -- batches ------------------------------------------------------------------------------
@@ -335,13 +339,9 @@ class Trainer:
     def _eval_model(self) -> torch.nn.Module:
         if self.ema is None:
             return self.model
-        model = self._ema_model = getattr(self, "_ema_model", None) or create_model(
-            self.cfg.model.name,
-            in_chans=self.in_chans,
-            num_classes=self.num_outputs,
-            img_size=self.cfg.data.size,
-            **self.cfg.model.kwargs,
-        ).to(self.device)
+        # a copy, not create_model: a fresh random init would draw from the global RNG (which dropout
+        # uses) at a point that differs between an uninterrupted and a resumed run
+        model = self._ema_model = getattr(self, "_ema_model", None) or copy.deepcopy(self.model)
         model.load_state_dict(self.ema.shadow)
         return model
 
@@ -541,8 +541,11 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing RunError
             raise RunError(f"cannot resume from {path}: {exc}") from None
         epoch = int(blob["state"]["epoch"])
-        if self._frozen_at(epoch) != self.frozen:
-            self._set_phase(epoch)
+        # the saved optimizer belongs to the phase of the last finished epoch; if the next epoch starts
+        # a new phase, the loop then builds that phase's fresh optimizer, as an uninterrupted run does
+        last = max(0, epoch - 1)
+        if self._frozen_at(last) != self.frozen:
+            self._set_phase(last)
         self.model.load_state_dict(blob["model"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])

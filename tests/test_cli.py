@@ -1,0 +1,152 @@
+"""`lungxray train` and `lungxray audit` through the CLI entry point: exit codes, output, no tracebacks.
+
+Other verbs are tested beside their modules. ``main(argv)`` is the console script's entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lungxray.cli import main
+
+DATA_ROOT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+CHEST_XRAY = DATA_ROOT / "chest_xray"
+COVID = DATA_ROOT / "covid19"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def flat(text: str) -> str:
+    """Undo rich's line wrapping, so a message can be searched for."""
+    return " ".join(text.split())
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the CLI in-process; the exit code (0 when it returns normally)."""
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads spin-wait on a shared CPU: up to 50x slower here
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def covid_subset(tmp_path_factory) -> Path:
+    """covid19 with 6 images per class and split (its folder layout kept)."""
+    src = require(COVID)
+    root = tmp_path_factory.mktemp("covid")
+    for split in ("train", "test"):
+        for cls_dir in sorted((src / split).iterdir()):
+            dst = root / split / cls_dir.name
+            dst.mkdir(parents=True)
+            for f in sorted(cls_dir.iterdir())[:6]:
+                shutil.copy(f, dst / f.name)
+    return root
+
+
+def test_train_writes_a_run(tmp_path, cache_dir, capsys):
+    require(CHEST_XRAY)
+    out = tmp_path / "run"
+    code = run_cli(
+        [
+            "train", str(CHEST_XRAY), "--max-images", "60", "--epochs", "1", "--size", "32",
+            "--batch-size", "16", "--out", str(out), "--quiet",
+            "--set", f"data.cache_dir={cache_dir}", "--set", "model.kwargs={width: 8}",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    for f in ("config.yaml", "model.safetensors", "model.json", "splits.csv", "history.csv"):
+        assert (out / f).is_file(), f
+    assert "run written to" in flat(captured.out)
+    assert str(out) in captured.out.replace("\n", "")  # rich may break a long path anywhere
+    info = json.loads((out / "model.json").read_text())
+    assert info["input_size"] == 32 and info["model_kwargs"] == {"width": 8}
+    # a second train into the finished run is refused, without a traceback
+    code = run_cli(["train", str(CHEST_XRAY), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a finished run" in flat(err) and "Traceback" not in err
+
+
+def test_train_on_missing_folder_exits_2_without_traceback(tmp_path, capsys):
+    code = run_cli(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "error:" in captured.err and str(tmp_path / "nope") in captured.err.replace("\n", "")
+    assert "Traceback" not in captured.err + captured.out
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_train_without_data_exits_2(capsys):
+    assert run_cli(["train", "--quiet"]) == 2
+    assert "no data" in flat(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("train.lrr=0.1", "Did you mean 'lr'"),
+        ("train.optimizer=adamx", "Did you mean 'adam"),
+        ("train.lr", "KEY=VALUE"),
+    ],
+)
+def test_bad_set_exits_2_with_a_hint(tmp_path, capsys, item, needle):
+    code = run_cli(["train", str(tmp_path), "--set", item, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in flat(err) and "Traceback" not in err
+
+
+def test_audit_json(covid_subset, cache_dir, capsys):
+    code = run_cli(["audit", str(covid_subset), "--json", "--cache-dir", str(cache_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)  # stdout is one JSON document, nothing else
+    for key in ("counts", "unreadable", "duplicates_across_splits", "patients_across_splits"):
+        assert key in report
+    assert report["counts"]["train"] == {"Normal": 6, "Covid": 6, "Viral Pneumonia": 6}
+    assert report["counts"]["test"] == {"Normal": 6, "Covid": 6, "Viral Pneumonia": 6}
+    assert report["unreadable"] == []
+    assert report["task"] == "multiclass"
+
+
+def test_audit_reports_unreadable_files(tmp_path, covid_subset, cache_dir, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(covid_subset / "train", root)
+    (root / "Covid" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code = run_cli(["audit", str(root), "--json", "--cache-dir", str(cache_dir)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [Path(u["path"]).name for u in report["unreadable"]] == ["broken.png"]
+
+
+def test_audit_bad_path_exits_2_without_traceback(tmp_path, capsys):
+    code = run_cli(["audit", str(tmp_path / "missing"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "error:" in captured.err and "Traceback" not in captured.err + captured.out
+    assert captured.out == ""
+
+
+def test_version_and_help(capsys):
+    assert run_cli(["--version"]) == 0
+    assert "lungxray" in capsys.readouterr().out
+    assert run_cli(["train", "--help"]) == 0
+    assert "--max-images" in capsys.readouterr().out

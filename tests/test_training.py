@@ -1,0 +1,515 @@
+"""The Trainer on tiny subsets of the real data: run directories, resume, transfer, balance, thresholds.
+
+Every training here is seconds long: tens of images at 32-64 px, one or two epochs, one thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from lungxray.config import Config, load_config
+from lungxray.data.manifest import Manifest
+from lungxray.errors import DataError, ModelError, RunError
+from lungxray.inference import DEFAULT_NORMALIZATION, predict_batches, to_input
+from lungxray.models.registry import create_model, head_parameters, model_spec
+from lungxray.rundir import OOD_PREFIX, load_run
+from lungxray.training import (
+    Trainer,
+    class_weights,
+    loss_fn,
+    lr_multiplier,
+    prepare_data,
+    read_history,
+    train,
+)
+
+DATA_ROOT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+CHEST_XRAY = DATA_ROOT / "chest_xray"
+COVID = DATA_ROOT / "covid19"
+NIH = DATA_ROOT / "nih_sample"
+RUN_FILES = ("config.yaml", "model.safetensors", "model.json", "splits.csv", "history.csv")
+
+
+def require_data(path: Path = CHEST_XRAY) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads spin-wait on a shared CPU: up to 50x slower here
+    yield
+    torch.set_num_threads(before)
+
+
+def make_cfg(out: Path, cache_dir: Path, data: Path = CHEST_XRAY, **overrides) -> Config:
+    """A seconds-long recipe: 60 images at 32 px, 1 epoch of cnn-small (width 8), batch 16."""
+    require_data(data)
+    base = {
+        "name": out.name,
+        "out": str(out),
+        "data.path": str(data),
+        "data.cache_dir": str(cache_dir),
+        "data.size": 32,
+        "data.max_images": 60,
+        "model.kwargs": {"width": 8},
+        "train.epochs": 1,
+        "train.batch_size": 16,
+    }
+    return load_config(None, {**base, **overrides})
+
+
+def fit(cfg: Config, **kw):
+    """prepare_data + Trainer.fit; returns (trainer, result)."""
+    trainer = Trainer(cfg, prepare_data(cfg, progress=False), progress=False)
+    return trainer, trainer.fit(**kw)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def weights_of(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=0), k
+
+
+def head_names(model: torch.nn.Module) -> set[str]:
+    head = {id(p) for p in head_parameters(model)}
+    return {n for n, p in model.named_parameters() if id(p) in head}
+
+
+# ------------------------------------------------------------------------------ every reference model
+# (name, input side): each model at its own published side, except cnn-small (128 px) at 32 px.
+# Batch 32 over ~45 train images = 2 steps: also covers the one-cycle schedule on a very short run.
+REFERENCE = [
+    ("cnn-64-elu", 64),
+    ("cnn-150-relu", 150),
+    ("cnn-2x2-stride", 256),
+    ("cnn-224-small", 224),
+    ("mlp", 128),
+    ("cnn-small", 32),
+]
+
+
+@pytest.mark.parametrize("name, size", REFERENCE, ids=[n for n, _ in REFERENCE])
+def test_reference_model_trains_and_run_dir_rebuilds(tmp_path, cache_dir, name, size):
+    cfg = make_cfg(
+        tmp_path / name, cache_dir, **{"model.name": name, "data.size": size, "train.batch_size": 32}
+    )
+    cfg.model.kwargs = {}
+    trainer, result = fit(cfg)
+    run = tmp_path / name
+    for f in RUN_FILES:
+        assert (run / f).is_file(), f
+    assert (run / "figures" / "learning_curves.png").is_file()
+    assert result.epochs_run == 1 and result.best_epoch == 1
+
+    # config.yaml reproduces the config; splits.csv lists every image once; one history row
+    assert load_config(run / "config.yaml") == cfg
+    splits = read_csv(run / "splits.csv")
+    m = trainer.m
+    assert len(splits) == len(m) and {r["split"] for r in splits} == {"train", "val", "test"}
+    assert sorted(r["path"] for r in splits) == sorted(m.paths)
+    hist = read_history(run)
+    assert len(hist) == 1 and math.isfinite(hist[0]["train_loss"])
+
+    info = json.loads((run / "model.json").read_text())
+    assert info["architecture"] == name and info["input_size"] == size
+    assert info["task"] == "binary" and info["classes"] == ["NORMAL", "PNEUMONIA"]
+    assert info["positive_class"] == "PNEUMONIA" and 0.0 <= info["threshold"] <= 1.0
+    assert info["in_chans"] == model_spec(name).default_in_chans
+    assert info["normalization"] == DEFAULT_NORMALIZATION
+    assert info["training"]["epochs_run"] == 1 and "decision support" in info["disclaimer"].lower()
+
+    loaded = load_run(run)
+    assert loaded.ood["mean"].shape == (info["ood"]["dim"],)
+    images = trainer.data.images[trainer.val_idx]
+    x = to_input(images, DEFAULT_NORMALIZATION, torch.device("cpu"), info["in_chans"])
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), trained(x))
+    prob, _ = predict_batches(
+        loaded.model, images, task="binary", normalization=DEFAULT_NORMALIZATION,
+        device=torch.device("cpu"), in_chans=info["in_chans"],
+    )  # fmt: skip
+    assert prob.shape == (len(images), 1) and ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_multiclass_covid19_with_sampler_and_label_smoothing(tmp_path, cache_dir):
+    cfg = make_cfg(
+        tmp_path / "covid",
+        cache_dir,
+        COVID,
+        **{"train.balance": "sampler", "train.label_smoothing": 0.1, "data.max_images": 80},
+    )
+    trainer, result = fit(cfg)
+    info = json.loads((tmp_path / "covid" / "model.json").read_text())
+    assert info["task"] == "multiclass"
+    assert info["classes"] == ["Normal", "Covid", "Viral Pneumonia"]  # normal-like first
+    assert "threshold" not in info and "thresholds" not in info
+    loaded = load_run(tmp_path / "covid")
+    prob, _ = predict_batches(
+        loaded.model, trainer.data.images[:10], task="multiclass",
+        normalization=DEFAULT_NORMALIZATION, device=torch.device("cpu"),
+    )  # fmt: skip
+    assert prob.shape == (10, 3)
+    np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-5)
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
+def test_multilabel_nih_thresholds_per_label(tmp_path, cache_dir):
+    cfg = make_cfg(tmp_path / "nih", cache_dir, NIH, **{"data.csv": "labels.csv", "data.max_images": 150})
+    trainer, _ = fit(cfg)
+    info = json.loads((tmp_path / "nih" / "model.json").read_text())
+    assert info["task"] == "multilabel"
+    assert "No Finding" not in info["classes"] and len(info["classes"]) >= 5
+    assert len(info["thresholds"]) == len(info["classes"])
+    assert all(0.0 <= t <= 1.0 for t in info["thresholds"])
+    assert "threshold" not in info
+    loaded = load_run(tmp_path / "nih")
+    assert loaded.model.get_classifier().out_features == len(info["classes"])
+    # splits grouped by patient: no NIH patient in two splits
+    rows = read_csv(tmp_path / "nih" / "splits.csv")
+    by_patient: dict[str, set[str]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_patient.values())
+
+
+# ------------------------------------------------------------------------------ resume
+RESUME_CASES = {
+    # 1 of 3 epochs, then resumed: EMA of weights, warm-up + cosine schedule
+    "ema-cosine": {"train.epochs": 3, "train.ema": 0.9, "train.schedule": "cosine", "train.warmup_epochs": 1},
+    # interrupted exactly where the frozen phase ends: one-cycle per phase, balanced sampler
+    "freeze-then-finetune": {
+        "train.epochs": 2,
+        "model.transfer": "freeze-then-finetune",
+        "model.freeze_epochs": 1,
+        "train.balance": "sampler",
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_is_exact(tmp_path, cache_dir, case):
+    """Interrupted after epoch 1 and resumed by a NEW Trainer == the same run uninterrupted."""
+    settings = {"train.batch_size": 8, "data.max_images": 40, **RESUME_CASES[case]}
+    epochs = settings["train.epochs"]
+    cfg_a = make_cfg(tmp_path / "a", cache_dir, **settings)
+    fit(cfg_a)
+
+    cfg_b = make_cfg(tmp_path / "b", cache_dir, **settings)
+    _, partial = fit(cfg_b, stop_after=1)
+    assert partial.epochs_run == 1
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "b" / "model.json").exists()
+    assert len(read_history(tmp_path / "b")) == 1
+    _, result_b = fit(cfg_b, resume=True)
+    assert result_b.epochs_run == epochs
+
+    assert_same_weights(weights_of(tmp_path / "a"), weights_of(tmp_path / "b"), atol=1e-6)
+    hist_a, hist_b = read_history(tmp_path / "a"), read_history(tmp_path / "b")
+    assert len(hist_a) == len(hist_b) == epochs
+    for column in ("train_loss", "lr", "val_loss"):
+        assert [r[column] for r in hist_a] == [r[column] for r in hist_b], column
+    info_a = json.loads((tmp_path / "a" / "model.json").read_text())
+    info_b = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert info_a["threshold"] == info_b["threshold"]
+    assert info_a["training"]["best_epoch"] == info_b["training"]["best_epoch"]
+
+
+# ------------------------------------------------------------------------------ transfer learning
+def test_freeze_trains_only_the_head(tmp_path, cache_dir, tiny_run):
+    before = {k: v for k, v in weights_of(tiny_run).items() if not k.startswith(OOD_PREFIX)}
+    cfg = make_cfg(
+        tmp_path / "frozen",
+        cache_dir,
+        **{"model.weights": str(tiny_run), "model.transfer": "freeze", "model.kwargs": {}},
+    )
+    trainer, _ = fit(cfg)
+    assert trainer.model.weights_report["loaded"] == sum(
+        not k.endswith("num_batches_tracked") for k in before
+    )
+    after = {k: v for k, v in weights_of(tmp_path / "frozen").items() if not k.startswith(OOD_PREFIX)}
+    head = head_names(trainer.model)
+    assert head == {"classifier.weight", "classifier.bias"}
+    for k in before:
+        if k in head:
+            assert not torch.equal(before[k], after[k]), f"head tensor {k} did not train"
+        else:  # convolutions and BatchNorm statistics alike stay as loaded
+            assert torch.equal(before[k], after[k]), f"frozen tensor {k} changed"
+
+
+def test_freeze_then_finetune_unfreezes_after_freeze_epochs(tmp_path, cache_dir, tiny_run):
+    start = {k: v for k, v in weights_of(tiny_run).items() if not k.startswith(OOD_PREFIX)}
+    cfg = make_cfg(
+        tmp_path / "staged",
+        cache_dir,
+        **{
+            "model.weights": str(tiny_run),
+            "model.transfer": "freeze-then-finetune",
+            "model.freeze_epochs": 1,
+            "model.kwargs": {},
+            "train.epochs": 2,
+            "train.lr": 1e-2,
+        },
+    )
+    trainer = Trainer(cfg, prepare_data(cfg, progress=False), progress=False)
+    seen: list[tuple[bool, dict[str, torch.Tensor]]] = []
+
+    def snapshot(epoch, scores):
+        seen.append((trainer.frozen, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}))
+
+    trainer.fit(on_epoch=snapshot)
+    assert [frozen for frozen, _ in seen] == [True, False]
+    head = head_names(trainer.model)
+    backbone = [k for k in start if k not in head and not k.endswith("num_batches_tracked")]
+    epoch1, epoch2 = seen[0][1], seen[1][1]
+    assert all(torch.equal(epoch1[k], start[k]) for k in backbone)
+    assert any(not torch.equal(epoch1[k], start[k]) for k in head)
+    changed = [k for k in backbone if not torch.equal(epoch2[k], start[k])]
+    assert "features.stage1.conv1.conv.weight" in changed and len(changed) == len(backbone)
+    hist = read_history(tmp_path / "staged")
+    assert hist[1]["lr"] <= cfg.train.lr * cfg.model.finetune_lr_scale + 1e-12
+
+
+# ------------------------------------------------------------------------------ balance and loss
+def test_sampler_balances_classes(tmp_path, cache_dir):
+    cfg = make_cfg(tmp_path / "s", cache_dir, **{"train.balance": "sampler"})
+    trainer = Trainer(cfg, prepare_data(cfg, progress=False), progress=False)
+    y = trainer.m.targets
+    natural = float(np.mean(y[trainer.train_idx] == 0))
+    assert natural < 0.35  # Kermany train is about 1 normal in 4
+    g = torch.Generator().manual_seed(0)
+    drawn = np.concatenate([trainer._epoch_order(g) for _ in range(20)])
+    assert set(drawn) <= set(trainer.train_idx)
+    assert 0.42 < float(np.mean(y[drawn] == 0)) < 0.58
+
+    cfg.train.balance = "none"
+    plain = Trainer(cfg, trainer.data, progress=False)._epoch_order(torch.Generator().manual_seed(0))
+    assert sorted(plain) == sorted(trainer.train_idx)  # a permutation, each image once
+
+
+def _manifest(labels: np.ndarray, classes: tuple[str, ...], task: str) -> Manifest:
+    n = len(labels)
+    return Manifest(
+        paths=tuple(f"/x/{i}.png" for i in range(n)),
+        labels=labels.astype(np.float32),
+        classes=classes,
+        task=task,
+        patients=tuple(str(i) for i in range(n)),
+        splits=("train",) * n,
+        root="/x",
+    )
+
+
+def test_class_weights_for_known_imbalance():
+    binary = np.array([[1, 0]] * 10 + [[0, 1]] * 30)
+    w = class_weights(_manifest(binary, ("NORMAL", "PNEUMONIA"), "binary"))
+    assert w.shape == (1,)
+    assert w.item() == pytest.approx(10 / 30)  # pos_weight = negatives / positives
+
+    multi = np.eye(3)[[0] * 10 + [1] * 20 + [2] * 70]
+    w = class_weights(_manifest(multi, ("Normal", "Covid", "Viral"), "multiclass"))
+    np.testing.assert_allclose(w.numpy(), [100 / 30, 100 / 60, 100 / 210], rtol=1e-6)
+
+    nan = np.nan
+    ml = np.array([[1, 0, 0], [1, 0, nan], [0, 0, nan], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
+    w = class_weights(_manifest(ml, ("a", "b", "c"), "multilabel"))
+    # a: 2 pos / 4 neg; b: no positive -> neg / 1 = 6; c: 1 pos / 3 neg among the 4 known
+    np.testing.assert_allclose(w.numpy(), [2.0, 6.0, 3.0], rtol=1e-6)
+
+
+def test_loss_masks_nan_targets_in_multilabel():
+    logits = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.1, -0.7]], requires_grad=True)
+    target = torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, float("nan")]])
+    loss = loss_fn("multilabel", logits, target, None, 0.0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert logits.grad[0, 1] == 0 and logits.grad[1, 2] == 0  # unknown labels contribute nothing
+    known = ~torch.isnan(target)
+    assert (logits.grad[known] != 0).all()
+    expected = F.binary_cross_entropy_with_logits(logits.detach()[known], target[known])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # a row of unknowns only: loss 0, no NaN
+    none_known = loss_fn("multilabel", torch.zeros(1, 3), torch.full((1, 3), float("nan")), None, 0.0)
+    assert none_known.item() == 0.0
+
+
+def test_loss_label_smoothing_and_weights():
+    logits = torch.tensor([2.0, -1.0, 0.5])
+    y = torch.tensor([1.0, 0.0, 1.0])
+    smooth = loss_fn("binary", logits[:, None], y, None, 0.1)
+    expected = F.binary_cross_entropy_with_logits(logits, y * 0.9 + 0.05)
+    assert smooth.item() == pytest.approx(expected.item(), rel=1e-6)
+    weighted = loss_fn("binary", logits[:, None], y, torch.tensor([3.0]), 0.0)
+    expected = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor([3.0]))
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
+    mc_logits = torch.tensor([[2.0, 0.1, -1.0], [0.0, 0.5, 0.2]])
+    mc_y = torch.tensor([0, 2])
+    got = loss_fn("multiclass", mc_logits, mc_y.float(), None, 0.2)
+    assert got.item() == pytest.approx(F.cross_entropy(mc_logits, mc_y, label_smoothing=0.2).item())
+
+
+@pytest.mark.parametrize(
+    "step, total, warmup, schedule, expected",
+    [
+        (0, 100, 10, "cosine", 0.1),  # warm-up ramps linearly from 1/warmup
+        (4, 100, 10, "cosine", 0.5),
+        (9, 100, 10, "cosine", 1.0),
+        (10, 100, 10, "cosine", 1.0),  # cosine starts at the peak
+        (55, 100, 10, "cosine", 0.5),  # half way through the decay
+        (100, 100, 10, "cosine", 0.0),  # and reaches zero at the end
+        (150, 100, 10, "cosine", 0.0),  # past the end it stays there
+        (0, 100, 0, "cosine", 1.0),
+        (4, 100, 10, "constant", 0.5),
+        (10, 100, 10, "constant", 1.0),
+        (99, 100, 10, "constant", 1.0),
+        (0, 100, 0, "constant", 1.0),
+    ],
+)
+def test_lr_multiplier(step, total, warmup, schedule, expected):
+    assert lr_multiplier(step, total, warmup, schedule) == pytest.approx(expected, abs=1e-9)
+
+
+def test_lr_multiplier_cosine_is_monotone_and_ends_near_zero():
+    values = [lr_multiplier(s, 200, 20, "cosine") for s in range(200)]
+    assert all(b >= a for a, b in zip(values[:19], values[1:20], strict=True))
+    assert all(b <= a for a, b in zip(values[20:], values[21:], strict=False))
+    assert values[-1] < 1e-3
+
+
+# ------------------------------------------------------------------------------ no test-set leakage
+def _copy_images(src: Path, dst: Path, n: int) -> None:
+    dst.mkdir(parents=True)
+    for f in sorted(src.iterdir())[:n]:
+        shutil.copy(f, dst / f.name)
+
+
+def test_threshold_and_weights_ignore_test_labels(tmp_path, cache_dir):
+    """Swapping the TEST folder's labels changes nothing that training chose (weights, threshold)."""
+    require_data()
+    runs = []
+    for swap in (False, True):
+        root = tmp_path / ("swapped" if swap else "plain")
+        for cls in ("NORMAL", "PNEUMONIA"):
+            _copy_images(CHEST_XRAY / "train" / cls, root / "train" / cls, 30)
+        # imbalanced test set (15 vs 5), so a swap also changes the test class proportions
+        test_dirs = (
+            {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
+            if swap
+            else {"NORMAL": "NORMAL", "PNEUMONIA": "PNEUMONIA"}
+        )
+        _copy_images(CHEST_XRAY / "test" / "NORMAL", root / "test" / test_dirs["NORMAL"], 15)
+        _copy_images(CHEST_XRAY / "test" / "PNEUMONIA", root / "test" / test_dirs["PNEUMONIA"], 5)
+        out = tmp_path / f"run-{root.name}"
+        cfg = make_cfg(out, cache_dir, root, **{"data.max_images": None, "train.epochs": 2})
+        trainer, _ = fit(cfg)
+        assert trainer.m.class_counts("test") == (
+            {"NORMAL": 5, "PNEUMONIA": 15} if swap else {"NORMAL": 15, "PNEUMONIA": 5}
+        )
+        runs.append(out)
+    a, b = (json.loads((r / "model.json").read_text()) for r in runs)
+    assert a["threshold"] == b["threshold"]
+    assert a["ood"]["threshold"] == b["ood"]["threshold"]
+    assert_same_weights(weights_of(runs[0]), weights_of(runs[1]))
+    assert a["training"]["counts"]["val"] == b["training"]["counts"]["val"]
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_unknown_model_name(tmp_path, cache_dir):
+    cfg = make_cfg(tmp_path / "r", cache_dir, **{"model.name": "resnet-18x", "model.kwargs": {}})
+    with pytest.raises(ModelError, match="unknown model 'resnet-18x'"):
+        fit(cfg)
+
+
+def test_one_class_data_set(tmp_path, cache_dir):
+    require_data()
+    _copy_images(CHEST_XRAY / "train" / "NORMAL", tmp_path / "one" / "NORMAL", 12)
+    cfg = make_cfg(tmp_path / "r", cache_dir, tmp_path / "one")
+    with pytest.raises(DataError, match="class"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "r" / "model.json").exists()
+
+
+def test_empty_validation_split(tmp_path, cache_dir):
+    cfg = make_cfg(tmp_path / "r", cache_dir, **{"data.val_fraction": 0.0})
+    with pytest.raises(DataError, match="val split .* is empty"):
+        prepare_data(cfg, progress=False)
+
+
+def test_missing_label_column(tmp_path, cache_dir):
+    cfg = make_cfg(
+        tmp_path / "r", cache_dir, NIH, **{"data.csv": "labels.csv", "data.label_col": "Diagnosis"}
+    )
+    with pytest.raises(DataError, match="Diagnosis") as info:
+        train(cfg, progress=False)
+    assert "Finding Labels" in str(info.value)  # the message lists the columns there are
+
+
+def test_weights_that_cannot_be_adapted(tmp_path, cache_dir):
+    state = create_model("cnn-small", width=8).state_dict()
+    key = "features.stage2.conv1.conv.weight"
+    state[key] = torch.zeros(5, 3, 3, 3)  # another layout: neither the same shape nor an RGB stem
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bad.safetensors"))
+    cfg = make_cfg(tmp_path / "r", cache_dir, **{"model.weights": str(tmp_path / "bad.safetensors")})
+    with pytest.raises(ModelError, match="stage2.conv1.conv.weight"):
+        fit(cfg)
+
+
+def test_resume_without_checkpoint(tmp_path, cache_dir):
+    cfg = make_cfg(tmp_path / "fresh", cache_dir)
+    with pytest.raises(RunError, match=r"checkpoint\.pt does not exist"):
+        fit(cfg, resume=True)
+
+
+def test_training_into_a_finished_run_is_refused(tmp_path, cache_dir, tiny_run):
+    stamp = (tiny_run / "model.json").stat().st_mtime_ns
+    cfg = make_cfg(tiny_run, cache_dir)
+    with pytest.raises(RunError, match="already holds a finished run"):
+        train(cfg, progress=False)
+    assert (tiny_run / "model.json").stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------------------ speed
+def test_smoke_training_200_images_is_fast(tmp_path, cache_dir):
+    """The README's smoke run: 200 chest_xray images, cnn-small at 64 px, 2 epochs, in under a minute."""
+    cfg = make_cfg(
+        tmp_path / "smoke",
+        cache_dir,
+        **{
+            "data.max_images": 200,
+            "data.size": 64,
+            "model.kwargs": {},
+            "train.epochs": 2,
+            "train.batch_size": 32,
+        },
+    )
+    prepare_data(
+        cfg, progress=False
+    )  # decode once, so the timing is the training (the cache's own tests time decoding)
+    t0 = time.perf_counter()
+    result = train(cfg, progress=False)
+    seconds = time.perf_counter() - t0
+    assert result.epochs_run == 2
+    assert seconds < 60, f"200-image smoke training took {seconds:.0f} s"

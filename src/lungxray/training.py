@@ -345,17 +345,22 @@ class Trainer:
         model.load_state_dict(self.ema.shadow)
         return model
 
-    def _validate(self) -> tuple[dict[str, float], np.ndarray]:
-        model = self._eval_model()
-        prob, _ = predict_batches(
+    def _predict(self, model: torch.nn.Module, rows: np.ndarray, *, features: bool = False):
+        """Probabilities (and penultimate features) of the given rows, through the shared inference path."""
+        return predict_batches(
             model,
-            self.data.images[self.val_idx],
+            self.data.images[rows],
             task=self.task,
             normalization=DEFAULT_NORMALIZATION,
             device=self.device,
             in_chans=self.in_chans,
+            features=features,
             amp=self._amp,
         )
+
+    def _validate(self) -> tuple[dict[str, float], np.ndarray]:
+        model = self._eval_model()
+        prob, _ = self._predict(model, self.val_idx)
         with torch.no_grad():
             logits = torch.as_tensor(_logit(prob, self.task))
             vloss = loss_fn(self.task, logits, self.targets[self.val_idx], None, 0.0).item()
@@ -594,16 +599,7 @@ class Trainer:
             raise RunError("no epoch produced a finite validation score; check the data and learning rate.")
         model = self._eval_model()
         model.load_state_dict(load_file(str(best), device=str(self.device)))
-        val_prob, val_feat = predict_batches(
-            model,
-            self.data.images[self.val_idx],
-            task=self.task,
-            normalization=DEFAULT_NORMALIZATION,
-            device=self.device,
-            in_chans=self.in_chans,
-            features=True,
-            amp=self._amp,
-        )
+        val_prob, val_feat = self._predict(model, self.val_idx, features=True)
         threshold = thresholds = None
         if self.task == "binary":
             threshold = float(choose_threshold(self.val_y, val_prob[:, 0], c.eval.threshold))
@@ -623,16 +619,7 @@ class Trainer:
             if len(self.train_idx) <= 5000
             else np.sort(rng.choice(self.train_idx, 5000, False))
         )
-        _, train_feat = predict_batches(
-            model,
-            self.data.images[fit_rows],
-            task=self.task,
-            normalization=DEFAULT_NORMALIZATION,
-            device=self.device,
-            in_chans=self.in_chans,
-            features=True,
-            amp=self._amp,
-        )
+        _, train_feat = self._predict(model, fit_rows, features=True)
         mean, precision = fit_gaussian(train_feat)
         ood_threshold = fit_threshold(mahalanobis(val_feat, mean, precision))
         save_weights(run / "model.safetensors", model.state_dict(), {"mean": mean, "precision": precision})

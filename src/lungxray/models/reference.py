@@ -55,7 +55,26 @@ def _block(**layers: nn.Module) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
-class ReferenceNet(nn.Module):
+class TimmStyleNet(nn.Module):
+    """timm's model API for our own nets: subclasses define ``forward_features`` and ``forward_head``
+    and hold ``classifier`` (the final Linear), ``num_features`` and ``num_classes``."""
+
+    classifier: nn.Linear
+    num_features: int
+    num_classes: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+
+class ReferenceNet(TimmStyleNet):
     """Conv feature extractor + Flatten + dense stack + final Linear: the Keras ``Sequential`` pattern.
 
     Used as is, no subclasses: each factory below passes its exact layers. ``features`` maps
@@ -102,16 +121,6 @@ class ReferenceNet(nn.Module):
             )
         f = self.hidden(f)
         return f if pre_logits else self.classifier(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes)
 
 
 def _flat_size(features: nn.Module, in_chans: int, img_size: int, name: str) -> int:
@@ -313,7 +322,7 @@ def cnn_224_small(in_chans: int = 1, num_classes: int = 1, *, img_size: int = 22
     return model
 
 
-class MLP(nn.Module):
+class MLP(TimmStyleNet):
     """Fully connected baseline: Flatten, hidden Dense+ReLU+Dropout layers, Dense num_classes.
 
     Has no spatial map: ``forward_features`` returns the flattened input (N, in_chans*img_size**2),
@@ -362,16 +371,6 @@ class MLP(nn.Module):
         f = self.hidden(f.flatten(1))
         return f if pre_logits else self.classifier(f)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes)
-
 
 @register_model(
     "mlp",
@@ -403,7 +402,7 @@ def _conv_bn_relu(in_chans: int, out_chans: int, stride: int = 1) -> nn.Sequenti
     )
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(TimmStyleNet):
     """Compact VGG-style CNN for 1x128x128 gray inputs; our CPU default (``cnn-small``).
 
     Five stages of Conv3x3-BN-ReLU with widths ``width * (1, 2, 4, 8, 12)``; stages 1-4 open with a
@@ -440,16 +439,6 @@ class SmallCNN(nn.Module):
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         f = self.head_drop(self.global_pool(f).flatten(1))
         return f if pre_logits else self.classifier(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes)
 
 
 @register_model(

@@ -262,8 +262,9 @@ def test_six_trial_search_with_median_pruning_is_quick(tmp_path):
     result = tune(CHEST_XRAY, space=space, trials=6, out=tmp_path / "t", overrides=overrides, progress=False)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     print(f"6-trial search: {seconds:.0f} s wall, {cpu:.0f} s CPU, {result['n_pruned']} pruned")
-    # CPU seconds, not wall: on a shared machine wall time measures the neighbours (2 threads max)
+    # the bound is wall time on an idle 2-core machine (measured 13 s); CPU time guards a shared one
     assert cpu < 180
+    assert seconds < 180
     assert result["n_trials"] == 6 and result["n_complete"] + result["n_pruned"] == 6
     assert result["n_pruned"] >= 1
     assert result["best_value"] > 0.8

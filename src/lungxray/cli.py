@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -307,8 +308,19 @@ def tune(
     console.print(f"[green]best config written to {result['best_config']}[/]")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (a skipped file, an undefined metric) as one line, not a source excerpt."""
+    err.print(f"[yellow]warning:[/] {message}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning LungXrayError into a one-line message and exit code 2."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        _run(argv)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:

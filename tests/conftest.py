@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,6 +18,41 @@ def require_data(path: Path = CHEST_XRAY) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2") -> bytes:
+    """uint16 ``stored`` (H, W) as a minimal secondary-capture DICOM file, in memory."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: 2 threads spin-wait on a shared CPU (up to 50x slower there)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +77,19 @@ def tiny_run(tmp_path_factory, cache_dir) -> Path:
     require_data()
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = load_config(None, {
-        "name": "tiny", "out": str(out), "data.path": str(CHEST_XRAY), "data.max_images": 300,
-        "data.size": 64, "data.cache_dir": str(cache_dir), "train.epochs": 2, "train.batch_size": 32,
-        "eval.bootstrap": 200,
-    })
+    cfg = load_config(
+        None,
+        {
+            "name": "tiny",
+            "out": str(out),
+            "data.path": str(CHEST_XRAY),
+            "data.max_images": 300,
+            "data.size": 64,
+            "data.cache_dir": str(cache_dir),
+            "train.epochs": 2,
+            "train.batch_size": 32,
+            "eval.bootstrap": 200,
+        },
+    )
     train(cfg, progress=False)
     return out

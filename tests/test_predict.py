@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import require_data
+from conftest import dicom_bytes, require_data
 from lungxray.data.cache import cache_images
 from lungxray.data.imageio import read_image
 from lungxray.errors import ConfigError, DataError, RunError
@@ -96,24 +96,7 @@ def png_header_bomb(width: int, height: int) -> bytes:
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
     """Write uint16 ``stored`` as a minimal secondary-capture DICOM file."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(dicom_bytes(stored, photometric))
     return path
 
 

@@ -47,12 +47,7 @@ def require_data(path: Path = CHEST_XRAY) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads spin-wait on a shared CPU: up to 50x slower here
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(out: Path, cache_dir: Path, data: Path = CHEST_XRAY, **overrides) -> Config:

@@ -21,6 +21,7 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from conftest import dicom_bytes  # noqa: E402
 from lungxray import DISCLAIMER  # noqa: E402
 from lungxray.data.imageio import read_image  # noqa: E402
 from lungxray.predict import Predictor  # noqa: E402
@@ -55,30 +56,6 @@ def decode_data_url(url: str) -> Image.Image:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
     return Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :])))
-
-
-def dicom_bytes(stored: np.ndarray) -> bytes:
-    """uint16 ``stored`` as a minimal secondary-capture DICOM file, in memory."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------ predictions

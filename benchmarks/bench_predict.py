@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "chest_xray"
 sys.path.insert(0, str(REPO / "tests"))  # reuse the run builder and OOD probes of the tests
 
-from test_predict import make_random_run, ood_auroc  # noqa: E402
+from conftest import make_random_run  # noqa: E402
+from test_predict import ood_auroc  # noqa: E402
 
 
 def percentiles(fn, calls: int, warmup: int = 5) -> tuple[float, float]:

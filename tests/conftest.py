@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real data lives, and one tiny trained run reused by the whole session."""
+"""Shared fixtures and helpers: where the real data lives, real X-ray files, random-weight runs, and one
+tiny trained run reused by the whole session."""
 
 from __future__ import annotations
 
@@ -42,6 +43,64 @@ def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2") -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def xray_files(n: int, kind: str = "PNEUMONIA") -> list[Path]:
+    """The first ``n`` real test-split X-rays of a class (skips if the data is absent)."""
+    return sorted((require_data() / "test" / kind).glob("*.jpeg"))[:n]
+
+
+def make_random_run(
+    out: Path,
+    *,
+    arch: str = "cnn-small",
+    size: int = 64,
+    task: str = "binary",
+    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA"),
+    seed: int = 0,
+) -> Path:
+    """A run directory with randomly initialised weights (model.json + model.safetensors); its OOD
+    statistics are a diagonal Gaussian of the features of noise images (cheap, unlike Ledoit-Wolf)."""
+    import torch
+
+    from lungxray.inference import DEFAULT_NORMALIZATION
+    from lungxray.models.registry import create_model, embed
+    from lungxray.ood import fit_threshold, mahalanobis
+    from lungxray.rundir import save_weights, write_model_json
+
+    torch.manual_seed(seed)  # create_model draws from torch's default generator
+    model = create_model(
+        arch, in_chans=1, num_classes=1 if task == "binary" else len(classes), img_size=size
+    ).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        feats = embed(model, torch.rand((24, 1, size, size), generator=gen)).flatten(1).numpy()
+    mean = feats.mean(0)
+    precision = np.diag(1.0 / (feats.var(0) + 1e-6)).astype(np.float32)
+    info = {
+        "name": out.name,
+        "architecture": arch,
+        "model_kwargs": {},
+        "in_chans": 1,
+        "input_size": size,
+        "resize": "stretch",
+        "normalization": dict(DEFAULT_NORMALIZATION),
+        "classes": list(classes),
+        "task": task,
+        "threshold_strategy": "0.5",
+        "ood": {
+            "method": "mahalanobis",
+            "dim": int(mean.shape[0]),
+            "threshold": fit_threshold(mahalanobis(feats, mean, precision)),
+        },
+    }
+    if task == "binary":
+        info["positive_class"], info["threshold"] = classes[1], 0.5
+    elif task == "multilabel":
+        info["thresholds"] = [0.5] * len(classes)
+    write_model_json(out, info)
+    save_weights(out / "model.safetensors", model.state_dict(), {"mean": mean, "precision": precision})
+    return out
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_random_run, xray_files
 from lungxray.data.imageio import read_image
 from lungxray.errors import ConfigError, DataError, ModelError
 from lungxray.explain import colorize, explain_files, explain_results, heatmap, overlay, to_png_bytes
 from lungxray.predict import Predictor
-from test_predict import make_random_run, xray_files
 
 pytest.importorskip("pytorch_grad_cam")
 

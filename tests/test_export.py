@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import make_random_run, xray_files
 from lungxray.errors import RunError
 from lungxray.export import export_onnx
 from lungxray.predict import Predictor
-from test_predict import make_random_run, xray_files
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -486,6 +486,131 @@ def test_training_into_a_finished_run_is_refused(tmp_path, cache_dir, tiny_run):
     assert (tiny_run / "model.json").stat().st_mtime_ns == stamp
 
 
+# ------------------------------------------------------------------------------ CUDA fast paths, on CPU
+# bf16 autocast and channels-last memory run only on CUDA. Adding "cpu" to FAST_PATH_DEVICES runs the
+# very same code paths here, so a dtype or memory-format slip shows up without a GPU.
+@pytest.fixture
+def fast_paths_on_cpu(monkeypatch):
+    import lungxray.inference
+
+    monkeypatch.setattr(lungxray.inference, "FAST_PATH_DEVICES", ("cuda", "cpu"))
+
+
+@pytest.fixture
+def output_dtypes():
+    """dtypes of every Conv2d / Linear output while the test runs (a global forward hook)."""
+    seen: set[torch.dtype] = set()
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    yield seen
+    handle.remove()
+
+
+FAST_PATH_CASES = {
+    "binary-resnet18": (CHEST_XRAY, {"model.name": "resnet18", "model.kwargs": {}}),
+    "multiclass-cnn-small": (COVID, {"data.max_images": 80}),
+    "multilabel-cnn-small-ema": (NIH, {"data.csv": "labels.csv", "data.max_images": 150, "train.ema": 0.9}),
+}
+
+
+@pytest.mark.parametrize("case", list(FAST_PATH_CASES))
+def test_bf16_autocast_and_channels_last_train_every_task(
+    tmp_path, cache_dir, fast_paths_on_cpu, output_dtypes, case
+):
+    data, settings = FAST_PATH_CASES[case]
+    cfg = make_cfg(tmp_path / case, cache_dir, data, **settings)
+    assert cfg.train.amp and cfg.train.channels_last  # the defaults
+    trainer, result = fit(cfg)
+
+    assert torch.bfloat16 in output_dtypes  # autocast really ran
+    conv = next(
+        m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)
+    )
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert math.isfinite(result.history[0]["train_loss"]) and math.isfinite(result.history[0]["val_loss"])
+    saved = weights_of(tmp_path / case)
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}  # not bf16
+    loaded = load_run(tmp_path / case)  # and load into a plain float32 CPU model
+    prob, _ = predict_batches(
+        loaded.model, trainer.data.images[:8], task=trainer.task,
+        normalization=DEFAULT_NORMALIZATION, device=torch.device("cpu"),
+    )  # fmt: skip
+    assert prob.dtype == np.float32 and ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_bf16_inference_agrees_with_float32(tiny_run, fast_paths_on_cpu):
+    """Validation under autocast scores like float32: same ranking, probabilities within bf16 rounding."""
+    from sklearn.metrics import roc_auc_score
+
+    run = load_run(tiny_run)
+    data = prepare_data(load_config(tiny_run / "config.yaml"), progress=False)
+    val = np.flatnonzero(np.array(data.manifest.splits) == "val")
+    y = np.asarray(data.manifest.targets)[val]
+    kw = dict(task="binary", normalization=DEFAULT_NORMALIZATION, device=torch.device("cpu"))
+    p32, f32 = predict_batches(run.model, data.images[val], features=True, **kw)
+    p16, f16 = predict_batches(run.model, data.images[val], features=True, amp=True, channels_last=True, **kw)
+    assert p16.dtype == np.float32 and f16.dtype == np.float32
+    assert not np.array_equal(p16, p32)  # bf16 did run
+    assert np.abs(p16 - p32).max() < 0.05
+    assert abs(roc_auc_score(y, p16[:, 0]) - roc_auc_score(y, p32[:, 0])) < 0.01
+
+
+def test_resume_is_exact_under_autocast(tmp_path, cache_dir, fast_paths_on_cpu):
+    settings = {"train.epochs": 2, "train.batch_size": 8, "data.max_images": 40}
+    fit(make_cfg(tmp_path / "a", cache_dir, **settings))
+    cfg_b = make_cfg(tmp_path / "b", cache_dir, **settings)
+    fit(cfg_b, stop_after=1)
+    fit(cfg_b, resume=True)
+    assert_same_weights(weights_of(tmp_path / "a"), weights_of(tmp_path / "b"), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ experiment tracking
+def mlflow_runs(db: Path) -> tuple:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_mlflow_tracking_logs_params_metrics_and_the_run_dir(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default store is ./mlflow.db with artifacts in ./mlruns
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_cfg(tmp_path / "tracked", cache_dir, **{"train.epochs": 2, "train.track": "mlflow"})
+    fit(cfg)
+
+    client, runs = mlflow_runs(tmp_path / "mlflow.db")
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == "FINISHED" and r.info.run_name == "tracked"
+    assert r.data.params["train.epochs"] == "2" and r.data.params["model.name"] == "cnn-small"
+    logged = client.get_metric_history(r.info.run_id, "val_auc")
+    history = read_history(tmp_path / "tracked")
+    assert [m.step for m in logged] == [1, 2]
+    assert [m.value for m in logged] == pytest.approx([h["val_auc"] for h in history])
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "run")}
+    assert {f"run/{f}" for f in RUN_FILES} <= artifacts
+
+
+def test_mlflow_run_of_an_interrupted_or_failed_training_is_closed(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    cfg = make_cfg(tmp_path / "cut", cache_dir, **{"train.epochs": 2, "train.track": "mlflow"})
+    fit(cfg, stop_after=1)
+
+    def boom(epoch, scores):
+        raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):  # a second run in the same process can start
+        fit(make_cfg(tmp_path / "failed", cache_dir, **{"train.track": "mlflow"}), on_epoch=boom)
+    _, runs = mlflow_runs(tmp_path / "store.db")
+    assert {r.info.run_name: r.info.status for r in runs} == {"cut": "KILLED", "failed": "FAILED"}
+    assert not (tmp_path / "mlflow.db").exists()  # MLFLOW_TRACKING_URI was honoured
+
+
 # ------------------------------------------------------------------------------ speed
 def test_smoke_training_200_images_is_fast(tmp_path, cache_dir):
     """The README's smoke run: 200 chest_xray images, cnn-small at 64 px, 2 epochs, in under a minute."""

@@ -14,6 +14,15 @@ import torch
 # Gray-level ImageNet statistics: sensible for training from scratch and for ImageNet transfer.
 DEFAULT_NORMALIZATION = {"mean": 0.449, "std": 0.226}
 
+# Device types that take the fast paths (bf16 autocast, channels-last memory) when a config asks for
+# them. CUDA only: on CPU they are usually slower. Tests add "cpu" to run those code paths without a GPU.
+FAST_PATH_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def fast_paths(device: torch.device) -> bool:
+    """Whether bf16 autocast and channels-last memory apply on ``device`` (see FAST_PATH_DEVICES)."""
+    return device.type in FAST_PATH_DEVICES
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise the named device."""
@@ -40,7 +49,7 @@ def to_input(
     x = normalize(x, normalization)
     if in_chans != 1:
         x = x.expand(-1, in_chans, -1, -1)
-    if channels_last and device.type == "cuda":
+    if channels_last and fast_paths(device):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -77,17 +86,19 @@ def predict_batches(
     batch_size: int = 128,
     features: bool = False,
     amp: bool = False,
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (N, K) float32 (K = 1 for binary) and, if asked, penultimate features (N, D).
 
-    ``images`` is (N, S, S) uint8, e.g. a cache memmap; it is read one batch at a time.
+    ``images`` is (N, S, S) uint8, e.g. a cache memmap; it is read one batch at a time. ``amp`` (bf16
+    autocast) and ``channels_last`` take effect only where ``fast_paths(device)``.
     """
     model.eval()
     act = activation(task)
     probs, feats = [], []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and fast_paths(device))
     for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], normalization, device, in_chans)
+        x = to_input(images[start : start + batch_size], normalization, device, in_chans, channels_last)
         with autocast:
             f = model.forward_features(x)
             emb = model.forward_head(f, pre_logits=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import logging
 import math
 import os
 import time
@@ -31,7 +32,13 @@ from lungxray.data.manifest import Manifest, load_manifest
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import choose_threshold
-from lungxray.inference import DEFAULT_NORMALIZATION, normalize, predict_batches, resolve_device
+from lungxray.inference import (
+    DEFAULT_NORMALIZATION,
+    fast_paths,
+    normalize,
+    predict_batches,
+    resolve_device,
+)
 from lungxray.models.registry import create_model, freeze_backbone, model_spec
 from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
 from lungxray.rundir import atomic_write_text, save_weights, write_model_json
@@ -265,7 +272,7 @@ class Trainer:
             **c.model.kwargs,
         )
         self.model.to(self.device)
-        if c.train.channels_last and self.device.type == "cuda":
+        if c.train.channels_last and fast_paths(self.device):
             self.model.to(memory_format=torch.channels_last)
         self.weight = (
             class_weights(self.m.subset(self.train_idx)).to(self.device)
@@ -331,7 +338,7 @@ class Trainer:
         x = normalize(x, DEFAULT_NORMALIZATION)
         if self.in_chans != 1:
             x = x.expand(-1, self.in_chans, -1, -1)
-        if self.cfg.train.channels_last and self.device.type == "cuda":
+        if self.cfg.train.channels_last and fast_paths(self.device):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -356,6 +363,7 @@ class Trainer:
             in_chans=self.in_chans,
             features=features,
             amp=self._amp,
+            channels_last=self.cfg.train.channels_last,
         )
 
     def _validate(self) -> tuple[dict[str, float], np.ndarray]:
@@ -370,7 +378,7 @@ class Trainer:
 
     @property
     def _amp(self) -> bool:
-        return self.cfg.train.amp and self.device.type == "cuda"
+        return self.cfg.train.amp and fast_paths(self.device)
 
     def _better(self, score: float, best: float) -> bool:
         if math.isnan(score):
@@ -401,7 +409,7 @@ class Trainer:
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _tracking(c) as tracker:
             torch.manual_seed(c.train.seed)
             self._build()
             g = torch.Generator().manual_seed(c.train.seed + 1)
@@ -418,7 +426,6 @@ class Trainer:
             else:
                 save_config(c, run / "config.yaml")
                 self.m.to_csv(run / "splits.csv")
-            tracker = _Tracker(c) if c.train.track else None
             done_this_call = 0
             for epoch in range(state["epoch"], c.train.epochs):
                 if self._frozen_at(epoch) != self.frozen:
@@ -678,7 +685,11 @@ def _logit(prob: np.ndarray, task: str) -> np.ndarray:
 
 
 class _Tracker:
-    """Optional MLflow logging (``train.track: mlflow``): params, per-epoch metrics, the run directory."""
+    """Optional MLflow logging (``train.track: mlflow``): params, per-epoch metrics, the run directory.
+
+    The store is ``$MLFLOW_TRACKING_URI`` if set, else ``./mlflow.db`` (SQLite) with artifacts under
+    ``./mlruns``: MLflow 3 refuses a bare ``./mlruns`` file store unless told otherwise.
+    """
 
     def __init__(self, cfg: Config):
         from lungxray.errors import check_option
@@ -691,7 +702,11 @@ class _Tracker:
         from lungxray.config import to_dict
 
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", f"file:{Path('mlruns').resolve()}"))
+        for chatty in ("alembic", "mlflow.store.db.utils"):  # schema-migration lines on a new store
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+        mlflow.set_tracking_uri(
+            os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+        )
         mlflow.start_run(run_name=cfg.name)
         flat = {}
         for section, values in to_dict(cfg).items():
@@ -699,6 +714,7 @@ class _Tracker:
                 flat.update({f"{section}.{k}": v for k, v in values.items()})
         mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
         self.run_dir = cfg.run_dir
+        self.finished = False
 
     def log_epoch(self, row: dict) -> None:
         self.mlflow.log_metrics(
@@ -713,6 +729,20 @@ class _Tracker:
     def finish(self, result: TrainResult) -> None:
         self.mlflow.log_artifacts(str(self.run_dir), artifact_path="run")
         self.mlflow.end_run()
+        self.finished = True
+
+    def __enter__(self) -> _Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """An error marks the MLflow run FAILED, an interruption (``stop_after``) KILLED."""
+        if not self.finished:
+            self.mlflow.end_run(status="FAILED" if exc_type else "KILLED")
+
+
+def _tracking(cfg: Config) -> contextlib.AbstractContextManager[_Tracker | None]:
+    """The experiment tracker a config asks for, as a context manager (None when tracking is off)."""
+    return _Tracker(cfg) if cfg.train.track else contextlib.nullcontext()
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:

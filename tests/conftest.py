@@ -4,13 +4,16 @@ tiny trained run reused by the whole session."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = (REPO / ".." / "shared" / "data").resolve()
+# ../shared/data beside the checkout (CI has it there); LUNGXRAY_TEST_DATA points elsewhere, e.g. at a
+# pack made by benchmarks/pack_for_device.py on a machine that cannot read ../shared.
+DATA_ROOT = Path(os.environ.get("LUNGXRAY_TEST_DATA") or REPO / ".." / "shared" / "data").resolve()
 CHEST_XRAY = DATA_ROOT / "chest_xray"
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.cli import main
 
-DATA_ROOT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 CHEST_XRAY = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
 

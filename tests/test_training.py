@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.config import Config, load_config
 from lungxray.data.manifest import Manifest
 from lungxray.errors import DataError, ModelError, RunError
@@ -34,7 +35,6 @@ from lungxray.training import (
     train,
 )
 
-DATA_ROOT = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 CHEST_XRAY = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
 NIH = DATA_ROOT / "nih_sample"
@@ -63,6 +63,7 @@ def make_cfg(out: Path, cache_dir: Path, data: Path = CHEST_XRAY, **overrides) -
         "model.kwargs": {"width": 8},
         "train.epochs": 1,
         "train.batch_size": 16,
+        "train.deterministic": True,  # on a GPU machine too, exact-resume tests stay exact
     }
     return load_config(None, {**base, **overrides})
 

@@ -94,6 +94,9 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs on the validation monitor
     monitor: str = "auc"  # validation metric for best checkpoint: auc | loss | accuracy | f1
     seed: int = 0
+    # CUDA: deterministic cuDNN kernels, so a seed repeats a run and --resume continues it bit for bit
+    # (slower); off, cuDNN autotunes its kernels. CPU runs are deterministic either way.
+    deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads; None = all cores
     track: str | None = None  # "mlflow" to log to a local MLflow store

@@ -408,6 +408,9 @@ class Trainer:
             raise RunError(f"cannot resume: {ckpt_path} does not exist.")
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = c.train.deterministic
+            torch.backends.cudnn.benchmark = not c.train.deterministic
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), _tracking(c) as tracker:
             torch.manual_seed(c.train.seed)

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.data.audit import audit, near_duplicate_pairs, render_audit
 from lungxray.data.manifest import from_folders
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 CHEST = DATA_ROOT / "chest_xray"
 
 

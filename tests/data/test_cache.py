@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.data.cache import cache_images, default_cache_dir, to_model_input
 from lungxray.data.imageio import read_image
 from lungxray.errors import ConfigError
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 CHEST = DATA_ROOT / "chest_xray"
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.data.imageio import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -21,8 +22,6 @@ from lungxray.data.imageio import (
     read_image_with_info,
 )
 from lungxray.errors import ImageReadError, LungXrayError
-
-DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.config import DataConfig
 from lungxray.data.manifest import Manifest, from_csv, from_folders, load_manifest, order_classes
 from lungxray.errors import ConfigError, DataError
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 CHEST = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
 NIH = DATA_ROOT / "nih_sample"

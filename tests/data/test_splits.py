@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray.data.manifest import Manifest, from_csv, from_folders
 from lungxray.data.splits import PATIENT_RULES, assign_splits, patient_id_from_name, patients_across_splits
 from lungxray.errors import ConfigError, DataError
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 CHEST = DATA_ROOT / "chest_xray"
 NIH = DATA_ROOT / "nih_sample"
 

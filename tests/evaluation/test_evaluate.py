@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from conftest import DATA_ROOT  # noqa: E402
 from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError, DataError, RunError
 from lungxray.evaluation.evaluate import evaluate_run, render_summary
 from lungxray.evaluation.metrics import binary_metrics, choose_threshold
 
-DATA_ROOT = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 CHEST = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
 BINARY_KEYS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "average_precision")

@@ -61,7 +61,9 @@ def bench_variant(data: str, config: str | None, overrides: dict, out: Path) -> 
     rates = [row["images_per_s"] for row in result.history]
     steady = rates[1:] or rates
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "model": cfg.model.name,
         "size": cfg.data.size,
         "batch_size": cfg.train.batch_size,
@@ -105,7 +107,9 @@ def main() -> None:
     base = rows[0]["images_per_s"]
     print(f"\n{rows[0]['model']} at {rows[0]['size']} px, batch {rows[0]['batch_size']}, on {rows[0]['device']}, "
           f"torch {torch.__version__}\n")  # fmt: skip
-    print("| variant | bf16 | channels-last | img/s (steady) | ratio | 1st epoch img/s | wall s | best val AUC |")
+    print(
+        "| variant | bf16 | channels-last | img/s (steady) | ratio | 1st epoch img/s | wall s | best val AUC |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -27,7 +27,6 @@ from PIL import Image
 from lungxray.data.cache import to_model_input
 from lungxray.data.imageio import is_image_path, read_image
 
-
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 
 

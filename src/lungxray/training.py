@@ -552,7 +552,8 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path, g: torch.Generator) -> dict:
         try:
-            blob = torch.load(path, map_location=self.device, weights_only=True)
+            # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves the rest to the model
+            blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing RunError
             raise RunError(f"cannot resume from {path}: {exc}") from None
         epoch = int(blob["state"]["epoch"])

@@ -131,7 +131,9 @@ def train(
     label_col: Annotated[str | None, Opt(help="CSV label column.")] = None,
     binary_negative: Annotated[str | None, Opt(help="Label meaning normal, e.g. 'No Finding'.")] = None,
     task: Annotated[str | None, Opt(help="binary | multiclass | multilabel (default: inferred).")] = None,
-    max_images: Annotated[int | None, Opt(help="Train on a stratified subsample (smoke runs).")] = None,
+    max_images: Annotated[
+        int | None, Opt(help="Seeded subsample of all rows, test included (smoke runs).")
+    ] = None,
     track: Annotated[str | None, Opt(help="'mlflow' to log to a local MLflow store.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue an interrupted run in --out exactly.")] = False,
     set_: Annotated[

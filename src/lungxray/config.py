@@ -44,7 +44,9 @@ class DataConfig:
     size: int = 128  # square input side, pixels
     resize: str = "stretch"  # stretch | pad (keep aspect ratio, pad with black)
     cache_dir: str | None = None  # default ~/.cache/lungxray (or $LUNGXRAY_CACHE)
-    max_images: int | None = None  # seeded, stratified subsample of train+val for smoke runs
+    # seeded subsample of every row (a predefined test split too), stratified by split and label: smoke
+    # runs; evaluate a subsampled run on the whole test split with `lungxray evaluate RUN --data DATA`
+    max_images: int | None = None
 
 
 @dataclass

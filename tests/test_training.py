@@ -256,6 +256,22 @@ def test_freeze_trains_only_the_head(tmp_path, cache_dir, tiny_run):
             assert torch.equal(before[k], after[k]), f"frozen tensor {k} changed"
 
 
+def test_pretrain_on_nih_then_finetune_on_chest_xray(tmp_path, cache_dir):
+    """The issue's example: a multilabel NIH run (14-way head) seeds a binary chest_xray run (1 logit)."""
+    nih = tmp_path / "nih"
+    fit(make_cfg(nih, cache_dir, NIH, **{"data.csv": "labels.csv", "data.max_images": 150}))
+    source = {k: v for k, v in weights_of(nih).items() if not k.startswith(OOD_PREFIX)}
+    assert source["classifier.weight"].shape[0] > 1
+
+    trainer, _ = fit(make_cfg(tmp_path / "chest", cache_dir, **{"model.weights": str(nih)}))
+    report = trainer.model.weights_report
+    assert report["skipped"] == ["classifier.weight", "classifier.bias"]  # the NIH head does not fit
+    assert report["loaded"] == sum(
+        not k.endswith("num_batches_tracked") and not k.startswith("classifier.") for k in source
+    )
+    assert load_run(tmp_path / "chest").model.get_classifier().out_features == 1
+
+
 def test_freeze_then_finetune_unfreezes_after_freeze_epochs(tmp_path, cache_dir, tiny_run):
     start = {k: v for k, v in weights_of(tiny_run).items() if not k.startswith(OOD_PREFIX)}
     cfg = make_cfg(

@@ -37,8 +37,12 @@ def to_input(
     device: torch.device,
     in_chans: int = 1,
     channels_last: bool = False,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """uint8 (N, S, S) -> normalised float32 (N, in_chans, S, S) on ``device``."""
+    """uint8 (N, S, S) -> normalised float32 (N, in_chans, S, S) on ``device``.
+
+    ``augment`` (training) maps the (N, 1, S, S) float batch in [0, 1] before normalisation.
+    """
     if isinstance(batch, torch.Tensor):
         x = batch
     else:
@@ -46,6 +50,8 @@ def to_input(
         # a read-only array (a cache memmap slice) would make torch warn; copying one batch is cheap
         x = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
     x = x.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    if augment is not None:
+        x = augment(x)
     x = normalize(x, normalization)
     if in_chans != 1:
         x = x.expand(-1, in_chans, -1, -1)

@@ -35,9 +35,9 @@ from lungxray.evaluation.metrics import choose_threshold
 from lungxray.inference import (
     DEFAULT_NORMALIZATION,
     fast_paths,
-    normalize,
     predict_batches,
     resolve_device,
+    to_input,
 )
 from lungxray.models.registry import create_model, freeze_backbone, model_spec
 from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
@@ -333,14 +333,14 @@ class Trainer:
     def _batch(self, rows: np.ndarray, g: torch.Generator) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(self.data.images[np.sort(rows)]))
         order = np.argsort(np.argsort(rows))  # undo the sort done for memmap locality
-        x = x[torch.as_tensor(order)].to(self.device, non_blocking=True).float().div_(255).unsqueeze(1)
-        x = self.augment(x, g)
-        x = normalize(x, DEFAULT_NORMALIZATION)
-        if self.in_chans != 1:
-            x = x.expand(-1, self.in_chans, -1, -1)
-        if self.cfg.train.channels_last and fast_paths(self.device):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return to_input(
+            x[torch.as_tensor(order)],
+            DEFAULT_NORMALIZATION,
+            self.device,
+            self.in_chans,
+            self.cfg.train.channels_last,
+            augment=lambda batch: self.augment(batch, g),
+        )
 
     # -- loop ---------------------------------------------------------------------------------
     def _eval_model(self) -> torch.nn.Module:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lungxray.config import load_config
+from lungxray.config import load_config, parse_overrides
 from lungxray.inference import fast_paths, resolve_device
 from lungxray.training import prepare_data, train
 
@@ -33,19 +33,6 @@ VARIANTS = {
     "nchw": {"train.channels_last": False},
     "fp32-nchw": {"train.amp": False, "train.channels_last": False},
 }
-
-
-def parse_set(items: list[str]) -> dict[str, object]:
-    """``key=value`` strings -> overrides (values parsed as YAML, as ``lungxray train --set`` does)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def bench_variant(data: str, config: str | None, overrides: dict, out: Path) -> dict:
@@ -95,7 +82,7 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    common = {"train.epochs": args.epochs, "train.early_stopping": 0, **parse_set(args.sets)}
+    common = {"train.epochs": args.epochs, "train.early_stopping": 0, **parse_overrides(args.sets)}
     if args.max_images:
         common["data.max_images"] = args.max_images
     rows = []

@@ -95,21 +95,6 @@ def audit(
         render_audit(report, console)
 
 
-def _parse_sets(values: list[str]) -> dict[str, Any]:
-    """``["train.lr=0.01", "model.kwargs={width: 24}"]`` -> dotted overrides (values parsed as YAML)."""
-    import yaml
-
-    from lungxray.errors import ConfigError
-
-    out = {}
-    for item in values:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got {item!r}.")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 @app.command()
 def train(
     data: Annotated[str | None, typer.Argument(help="Data folder (or the folder holding --csv).")] = None,
@@ -142,7 +127,7 @@ def train(
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train a model; writes the run directory (config, weights, model.json, splits, history)."""
-    from lungxray.config import load_config
+    from lungxray.config import load_config, parse_overrides
     from lungxray.training import train as run_train
 
     overrides = {
@@ -161,7 +146,7 @@ def train(
         "data.max_images": max_images,
         "train.track": track,
         **_data_overrides(csv, None, label_col, None, binary_negative, task),
-        **_parse_sets(set_ or []),
+        **parse_overrides(set_ or []),
     }
     if resume and out and config is None and (Path(out) / "config.yaml").is_file():
         config = str(Path(out) / "config.yaml")

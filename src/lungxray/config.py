@@ -252,6 +252,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return cfg.validate()
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.01", "model.kwargs={width: 24}"]`` -> dotted overrides (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got {item!r}.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return a copy of ``cfg`` with dotted-key overrides applied (``{"train.lr": 0.01}``)."""
     data = to_dict(cfg)

@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_ROOT  # noqa: E402
+from conftest import CHEST_XRAY, DATA_ROOT, require_data  # noqa: E402
 from lungxray.cli import main
 
-CHEST_XRAY = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
-
-
-def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path}")
-    return path
 
 
 def flat(text: str) -> str:
@@ -45,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def covid_subset(tmp_path_factory) -> Path:
     """covid19 with 6 images per class and split (its folder layout kept)."""
-    src = require(COVID)
+    src = require_data(COVID)
     root = tmp_path_factory.mktemp("covid")
     for split in ("train", "test"):
         for cls_dir in sorted((src / split).iterdir()):
@@ -57,7 +50,7 @@ def covid_subset(tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_run(tmp_path, cache_dir, capsys):
-    require(CHEST_XRAY)
+    require_data()
     out = tmp_path / "run"
     code = run_cli(
         [
@@ -182,7 +175,7 @@ def test_train_and_evaluate_need_no_optional_package(tmp_path, cache_dir):
     import subprocess
     import sys
 
-    require(CHEST_XRAY)
+    require_data()
     out = tmp_path / "run"
     train = [
         "train", str(CHEST_XRAY), "--max-images", "60", "--epochs", "1", "--size", "32", "--quiet",

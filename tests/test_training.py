@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import DATA_ROOT  # noqa: E402
+from conftest import CHEST_XRAY, DATA_ROOT, require_data  # noqa: E402
 from lungxray.config import Config, load_config
 from lungxray.data.manifest import Manifest
 from lungxray.errors import DataError, ModelError, RunError
@@ -35,16 +35,9 @@ from lungxray.training import (
     train,
 )
 
-CHEST_XRAY = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
 NIH = DATA_ROOT / "nih_sample"
 RUN_FILES = ("config.yaml", "model.safetensors", "model.json", "splits.csv", "history.csv")
-
-
-def require_data(path: Path = CHEST_XRAY) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path}")
-    return path
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,13 +14,9 @@ from lungxray.tune import parse_space, trial_config
 
 pytest.importorskip("optuna")
 
+from conftest import CHEST_XRAY, require_data  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-CHEST_XRAY = (REPO / ".." / "shared" / "data" / "chest_xray").resolve()
-
-
-def require_data() -> None:
-    if not CHEST_XRAY.exists():
-        pytest.skip(f"shared data not found at {CHEST_XRAY}")
 
 
 TINY = {  # ~120 images at 32 px, 2 epochs: a trial takes a few seconds on one core

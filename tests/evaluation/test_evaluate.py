@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from conftest import DATA_ROOT  # noqa: E402
+from conftest import DATA_ROOT, require_data  # noqa: E402
 from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError, DataError, RunError
 from lungxray.evaluation.evaluate import evaluate_run, render_summary
@@ -200,8 +200,7 @@ def covid_run(tmp_path_factory, cache_dir):
     from lungxray.config import load_config
     from lungxray.training import train
 
-    if not COVID.exists():
-        pytest.skip(f"shared data not found at {COVID}")
+    require_data(COVID)
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("runs") / "covid"
     cfg = load_config(None, {

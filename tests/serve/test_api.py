@@ -21,23 +21,20 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import dicom_bytes  # noqa: E402
+from conftest import CHEST_XRAY, dicom_bytes, require_data  # noqa: E402
 from lungxray import DISCLAIMER  # noqa: E402
 from lungxray.data.imageio import read_image  # noqa: E402
 from lungxray.predict import Predictor  # noqa: E402
 from lungxray.serve.app import create_app  # noqa: E402
 from lungxray.serve.upload import safe_filename  # noqa: E402
 
-CHEST_XRAY = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "chest_xray").resolve()
 XRAY = CHEST_XRAY / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
 NORMAL = CHEST_XRAY / "test" / "NORMAL" / "IM-0001-0001.jpeg"
 
 
 @pytest.fixture(scope="module")
 def xray_bytes() -> bytes:
-    if not XRAY.exists():
-        pytest.skip(f"shared data not found at {XRAY}")
-    return XRAY.read_bytes()
+    return require_data(XRAY).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHEST_XRAY, require_data
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
-CHEST_XRAY = (REPO / ".." / "shared" / "data" / "chest_xray").resolve()
 XRAY = CHEST_XRAY / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -79,8 +80,7 @@ def browser():
 def base_url(tiny_run: Path) -> Iterator[str]:
     from lungxray.serve.app import create_app
 
-    if not XRAY.exists():
-        pytest.skip(f"shared data not found at {XRAY}")
+    require_data(XRAY)
     app = create_app(tiny_run)
     app.state.service.warmup()  # the first Grad-CAM imports take seconds on a busy CPU
     with serving(app) as url:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lungxray.data.audit import audit
 from lungxray.data.cache import cache_images
-from lungxray.data.manifest import from_folders
+from lungxray.data.readers import from_folders
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "chest_xray"
 

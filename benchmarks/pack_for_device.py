@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lungxray.data.cache import to_model_input
 from lungxray.data.imageio import is_image_path, read_image
+from lungxray.data.preprocess import to_model_input
 
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 

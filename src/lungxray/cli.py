@@ -82,7 +82,7 @@ def audit(
     from lungxray.config import load_config
     from lungxray.data.audit import audit as run_audit
     from lungxray.data.audit import render_audit
-    from lungxray.data.manifest import load_manifest
+    from lungxray.data.readers import load_manifest
 
     cfg = load_config(
         None,

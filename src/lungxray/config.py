@@ -16,8 +16,9 @@ import yaml
 
 from lungxray.errors import ConfigError, check_option
 
+RESIZE_MODES = ("stretch", "pad")  # how an image becomes square: see data.preprocess.to_model_input
+
 TASKS = ("binary", "multiclass", "multilabel")
-RESIZE_MODES = ("stretch", "pad")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle")
 BALANCE = ("none", "weights", "sampler")

@@ -57,8 +57,8 @@ def _real_inputs(run: Path, size: int, resize: str, n: int = 8) -> np.ndarray:
     """Up to ``n`` model-ready images from the run's test (else any) split; (0, S, S) if none is readable."""
     import csv
 
-    from lungxray.data.cache import to_model_input
     from lungxray.data.imageio import read_image
+    from lungxray.data.preprocess import to_model_input
     from lungxray.errors import ImageReadError
 
     splits = run / "splits.csv"

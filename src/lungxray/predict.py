@@ -188,7 +188,7 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float [0, 1] -> the model-ready (S, S) uint8, exactly as the training cache holds it."""
-        from lungxray.data.cache import to_model_input
+        from lungxray.data.preprocess import to_model_input
 
         return to_model_input(image, self.input_size, self.resize)
 

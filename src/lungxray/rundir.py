@@ -1,16 +1,16 @@
-"""The run directory: write and read ``model.json`` + ``model.safetensors`` (the contract between stages).
+"""The run directory: weights (``model.safetensors``), the RunCard (``model.json``) and history.csv.
 
 Everything downstream of training (evaluate, predict, explain, serve, export) rebuilds a model from
-these two files only, so a run copied to another machine works. Nothing is ever unpickled.
+model.json + model.safetensors only, so a run copied to another machine works. Nothing is ever
+unpickled.
 """
 
 from __future__ import annotations
 
-import json
+import csv
 import os
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lungxray import DISCLAIMER, __version__
 from lungxray.errors import RunError
+from lungxray.io import atomic_write_text, atomic_write_with
 from lungxray.models.registry import create_model
+from lungxray.runcard import RunCard
 
-FORMAT_VERSION = 1
 OOD_PREFIX = "__ood__."
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and runs are meant to be shared
-    os.replace(tmp, path)
+HISTORY_FILE = "history.csv"
 
 
 def save_weights(
@@ -44,68 +35,31 @@ def save_weights(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     for k, v in (extra or {}).items():
         tensors[OOD_PREFIX + k] = torch.as_tensor(np.ascontiguousarray(v))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def write_model_json(run_dir: Path, info: dict[str, Any]) -> None:
-    """Write model.json with the format version, creation time, version and disclaimer filled in."""
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "lungxray_version": __version__,
-        "disclaimer": DISCLAIMER,
-        **info,
-    }
-    atomic_write_text(Path(run_dir) / "model.json", json.dumps(doc, indent=2, allow_nan=False))
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 @dataclass
 class LoadedRun:
-    """A model rebuilt from a run directory, with its metadata and OOD statistics."""
+    """A model rebuilt from a run directory, with its card and OOD statistics."""
 
     path: Path
-    info: dict[str, Any]  # model.json
+    card: RunCard
     model: torch.nn.Module  # eval mode, on CPU
     ood: dict[str, np.ndarray]  # "mean" (D,), "precision" (D, D); empty when the run has none
 
     @property
     def task(self) -> str:
-        return self.info["task"]
+        return self.card.task
 
     @property
     def classes(self) -> list[str]:
-        return list(self.info["classes"])
-
-
-def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """model.json of a run, or RunError saying what is missing."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise RunError(f"{path} is not a run directory (it does not exist). Train one with `lungxray train`.")
-    meta = path / "model.json"
-    if not meta.is_file():
-        raise RunError(f"{path} has no model.json: it is not a finished lungxray run.")
-    try:
-        info = json.loads(meta.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{meta} is not valid JSON ({exc}).") from None
-    for key in ("architecture", "classes", "task", "input_size", "in_chans", "normalization"):
-        if key not in info:
-            raise RunError(f"{meta} lacks the key {key!r}; was it written by lungxray?")
-    if int(info.get("format_version", 0)) > FORMAT_VERSION:
-        raise RunError(f"{meta} has format_version {info['format_version']}; upgrade lungxray to read it.")
-    return info
+        return list(self.card.classes)
 
 
 def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     """Rebuild the model of a run from model.json + model.safetensors (weights only, no pickle)."""
     path = Path(run_dir)
-    info = read_model_json(path)
+    card = RunCard.read(path)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise RunError(f"{path} has no model.safetensors.")
@@ -116,15 +70,39 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     ood = {k[len(OOD_PREFIX) :]: v.numpy() for k, v in state.items() if k.startswith(OOD_PREFIX)}
     state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
     model = create_model(
-        info["architecture"],
-        in_chans=int(info["in_chans"]),
-        num_classes=1 if info["task"] == "binary" else len(info["classes"]),
-        img_size=int(info["input_size"]),
-        **info.get("model_kwargs", {}),
+        card.architecture,
+        in_chans=card.in_chans,
+        num_classes=card.num_outputs,
+        img_size=card.input_size,
+        **card.model_kwargs,
     )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise RunError(f"{weights} does not fit {info['architecture']!r}: {str(exc)[:300]}") from None
+        raise RunError(f"{weights} does not fit {card.architecture!r}: {str(exc)[:300]}") from None
     model.eval()
-    return LoadedRun(path=path, info=info, model=model, ood=ood)
+    return LoadedRun(path=path, card=card, model=model, ood=ood)
+
+
+def write_history(run_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> Path:
+    """Write history.csv (one row per epoch; floats with 6 significant digits, None as empty)."""
+    lines = [",".join(fields)]
+    for r in rows:
+        lines.append(
+            ",".join(
+                "" if r.get(f) is None else f"{r[f]:.6g}" if isinstance(r[f], float) else str(r[f])
+                for f in fields
+            )
+        )
+    return atomic_write_text(Path(run_dir) / HISTORY_FILE, "\n".join(lines) + "\n")
+
+
+def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """history.csv as a list of dicts (numbers parsed; empty cells None); [] when there is none."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [
+            {k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(fh)
+        ]

@@ -28,7 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lungxray.config import Config, save_config
 from lungxray.data.augment import Augment
 from lungxray.data.cache import cache_images
-from lungxray.data.manifest import Manifest, load_manifest
+from lungxray.data.manifest import Manifest
+from lungxray.data.readers import load_manifest
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import choose_threshold

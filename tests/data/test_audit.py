@@ -14,7 +14,7 @@ from rich.console import Console
 
 from conftest import DATA_ROOT  # noqa: E402
 from lungxray.data.audit import audit, near_duplicate_pairs, render_audit
-from lungxray.data.manifest import from_folders
+from lungxray.data.readers import from_folders
 
 CHEST = DATA_ROOT / "chest_xray"
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import DATA_ROOT  # noqa: E402
-from lungxray.data.cache import cache_images, default_cache_dir, to_model_input
+from lungxray.data.cache import cache_images, default_cache_dir
 from lungxray.data.imageio import read_image
+from lungxray.data.preprocess import to_model_input
 from lungxray.errors import ConfigError
 
 CHEST = DATA_ROOT / "chest_xray"

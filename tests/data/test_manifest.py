@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import DATA_ROOT  # noqa: E402
 from lungxray.config import DataConfig
-from lungxray.data.manifest import Manifest, from_csv, from_folders, load_manifest, order_classes
+from lungxray.data.manifest import Manifest, order_classes
+from lungxray.data.readers import from_csv, from_folders, load_manifest
 from lungxray.errors import ConfigError, DataError
 
 CHEST = DATA_ROOT / "chest_xray"

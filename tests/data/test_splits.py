@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA_ROOT  # noqa: E402
-from lungxray.data.manifest import Manifest, from_csv, from_folders
-from lungxray.data.splits import PATIENT_RULES, assign_splits, patient_id_from_name, patients_across_splits
+from lungxray.data.manifest import PATIENT_RULES, Manifest, patient_id_from_name
+from lungxray.data.readers import from_csv, from_folders
+from lungxray.data.splits import assign_splits, patients_across_splits
 from lungxray.errors import ConfigError, DataError
 
 CHEST = DATA_ROOT / "chest_xray"

@@ -1,4 +1,4 @@
-"""Patient-grouped, label-stratified splits, and the file-name rules that give patient ids.
+"""Patient-grouped, label-stratified splits (patient ids come from ``data.manifest``).
 
 Images of one patient must never sit in two splits (the model would be tested on a patient it saw),
 so val and test are carved from train by whole patients, keeping each class's share close to the
@@ -8,8 +8,6 @@ one fold only).
 
 from __future__ import annotations
 
-import re
-from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,31 +16,6 @@ from lungxray.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from lungxray.data.manifest import Manifest
-
-# Ordered: the first rule whose pattern matches the file name gives the patient (group "patient").
-PATIENT_RULES: dict[str, re.Pattern] = {
-    # Kermany pediatric pneumonia: person1234_bacteria_5678.jpeg, person12_virus_34.jpeg
-    "kermany-person": re.compile(r"^(?P<patient>person\d+)_", re.IGNORECASE),
-    # Kermany normals: IM-0115-0001.jpeg, NORMAL2-IM-0115-0001.jpeg (patient IM-0115 / NORMAL2-IM-0115)
-    "kermany-im": re.compile(r"^(?P<patient>(?:[a-z]+\d*-)?IM-\d+)-\d+", re.IGNORECASE),
-    # NIH ChestX-ray14: 00000013_005.png (patient 00000013, follow-up 5)
-    "nih": re.compile(r"^(?P<patient>\d{8})_\d{3}\b"),
-}
-
-
-def patient_id_from_name(filename: str) -> str:
-    """The patient id encoded in an image's file name by a known data set's convention, else its stem.
-
-    >>> patient_id_from_name("person123_bacteria_45.jpeg"), patient_id_from_name("00000013_005.png")
-    ('person123', '00000013')
-    """
-    name = PurePath(str(filename)).name
-    for pattern in PATIENT_RULES.values():
-        match = pattern.match(name)
-        if match:
-            return match.group("patient")
-    return PurePath(name).stem
-
 
 def _strata(m: Manifest) -> np.ndarray:
     """Per row, the label to stratify on: the class (binary / multiclass) or, for multilabel, the rarest

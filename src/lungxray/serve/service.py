@@ -159,8 +159,8 @@ class InferenceService:
 
 
 def _analyze(predictor: Any, data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
-    from lungxray.data.cache import to_model_input
     from lungxray.data.imageio import read_image_bytes
+    from lungxray.data.preprocess import to_model_input
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -69,7 +69,8 @@ def make_random_run(
     from lungxray.inference import DEFAULT_NORMALIZATION
     from lungxray.models.registry import create_model, embed
     from lungxray.ood import fit_threshold, mahalanobis
-    from lungxray.rundir import save_weights, write_model_json
+    from lungxray.runcard import Calibration, OODSpec, Preprocessing, RunCard
+    from lungxray.rundir import save_weights
 
     torch.manual_seed(seed)  # create_model draws from torch's default generator
     model = create_model(
@@ -80,28 +81,22 @@ def make_random_run(
         feats = embed(model, torch.rand((24, 1, size, size), generator=gen)).flatten(1).numpy()
     mean = feats.mean(0)
     precision = np.diag(1.0 / (feats.var(0) + 1e-6)).astype(np.float32)
-    info = {
-        "name": out.name,
-        "architecture": arch,
-        "model_kwargs": {},
-        "in_chans": 1,
-        "input_size": size,
-        "resize": "stretch",
-        "normalization": dict(DEFAULT_NORMALIZATION),
-        "classes": list(classes),
-        "task": task,
-        "threshold_strategy": "0.5",
-        "ood": {
-            "method": "mahalanobis",
-            "dim": int(mean.shape[0]),
-            "threshold": fit_threshold(mahalanobis(feats, mean, precision)),
-        },
-    }
-    if task == "binary":
-        info["positive_class"], info["threshold"] = classes[1], 0.5
-    elif task == "multilabel":
-        info["thresholds"] = [0.5] * len(classes)
-    write_model_json(out, info)
+    card = RunCard(
+        name=out.name,
+        architecture=arch,
+        task=task,
+        classes=tuple(classes),
+        preprocessing=Preprocessing(input_size=size, **{k: float(v) for k, v in DEFAULT_NORMALIZATION.items()}),
+        ood=OODSpec(threshold=fit_threshold(mahalanobis(feats, mean, precision)), dim=int(mean.shape[0])),
+        calibrations=(
+            Calibration(
+                strategy="0.5",
+                threshold=0.5 if task == "binary" else None,
+                thresholds=(0.5,) * len(classes) if task == "multilabel" else None,
+            ),
+        ),
+    )
+    card.write(out)
     save_weights(out / "model.safetensors", model.state_dict(), {"mean": mean, "precision": precision})
     return out
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import CHEST_XRAY, DATA_ROOT, require_data  # noqa: E402
 from lungxray.cli import main
+from lungxray.runcard import RunCard
 
 COVID = DATA_ROOT / "covid19"
 
@@ -65,8 +66,8 @@ def test_train_writes_a_run(tmp_path, cache_dir, capsys):
         assert (out / f).is_file(), f
     assert "run written to" in flat(captured.out)
     assert str(out) in captured.out.replace("\n", "")  # rich may break a long path anywhere
-    info = json.loads((out / "model.json").read_text())
-    assert info["input_size"] == 32 and info["model_kwargs"] == {"width": 8}
+    card = RunCard.read(out)
+    assert card.input_size == 32 and card.model_kwargs == {"width": 8}
     # a second train into the finished run is refused, without a traceback
     code = run_cli(["train", str(CHEST_XRAY), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

@@ -145,7 +145,8 @@ def blob_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn-small at 64 px trained (6 epochs of 512 images, about 15-20 s on one core) to detect the blob; written as a run."""
     from lungxray.inference import DEFAULT_NORMALIZATION, to_input
     from lungxray.models.registry import create_model
-    from lungxray.rundir import save_weights, write_model_json
+    from lungxray.runcard import Calibration, Preprocessing, RunCard
+    from lungxray.rundir import save_weights
 
     torch.set_num_threads(1)
     x, y, _ = synthetic(512, seed=0)
@@ -167,22 +168,14 @@ def blob_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             loss.backward()
             opt.step()
     out = tmp_path_factory.mktemp("blob") / "run"
-    write_model_json(
-        out,
-        {
-            "name": "blob",
-            "architecture": "cnn-small",
-            "model_kwargs": {},
-            "in_chans": 1,
-            "input_size": SYN,
-            "resize": "stretch",
-            "normalization": dict(DEFAULT_NORMALIZATION),
-            "classes": ["plain", "blob"],
-            "task": "binary",
-            "positive_class": "blob",
-            "threshold": 0.5,
-        },
-    )
+    RunCard(
+        name="blob",
+        architecture="cnn-small",
+        task="binary",
+        classes=("plain", "blob"),
+        preprocessing=Preprocessing(input_size=SYN),
+        calibrations=(Calibration(strategy="0.5", threshold=0.5),),
+    ).write(out)
     save_weights(out / "model.safetensors", model.eval().state_dict())
     return out
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from lungxray.data.cache import cache_images
 from lungxray.data.imageio import read_image
 from lungxray.errors import ConfigError, DataError, RunError
 from lungxray.predict import Prediction, Predictor, write_predictions
+from lungxray.runcard import Calibration, RunCard
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -122,10 +124,10 @@ def test_predict_a_real_file_gives_a_consistent_binary_row(predictor: Predictor)
     assert set(r.probabilities) == {"NORMAL", "PNEUMONIA"}
     assert abs(sum(r.probabilities.values()) - 1) < 1e-5
     assert r.score == pytest.approx(r.probabilities["PNEUMONIA"])
-    assert r.threshold == pytest.approx(predictor.info["threshold"])
+    assert r.threshold == pytest.approx(predictor.card.threshold)
     assert r.label == ("PNEUMONIA" if r.score >= r.threshold else "NORMAL")
     assert r.ood_score is not None and np.isfinite(r.ood_score)
-    assert r.ood == (r.ood_score > predictor.info["ood"]["threshold"])
+    assert r.ood == (r.ood_score > predictor.card.ood.threshold)
     json.dumps(r.to_dict())  # JSON-ready
 
 
@@ -223,9 +225,8 @@ def test_predictor_input_equals_the_training_cache(
     """One preprocessing path: the uint8 model input of a file is identical in the cache and the Predictor."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt", "figures", "eval"))
-    info = json.loads((run / "model.json").read_text())
-    info["resize"] = resize
-    (run / "model.json").write_text(json.dumps(info))
+    card = RunCard.read(run)
+    replace(card, preprocessing=replace(card.preprocessing, resize=resize)).write(run)
     predictor = Predictor.load(run)
     files = [*xray_files(2), *list(write_formats(xray_files(3)[2], tmp_path / "f").values())]
     odd = tmp_path / "tall.png"  # not square: stretch and pad differ
@@ -245,9 +246,11 @@ def test_predictor_input_equals_the_training_cache(
 def test_binary_label_is_positive_at_the_threshold(tiny_run: Path) -> None:
     p = Predictor.load(tiny_run)
     (r,) = p.predict_paths(xray_files(1))
-    p.info["threshold"] = r.score  # exactly at the threshold -> positive
+    at = Calibration(strategy="test", threshold=r.score)  # exactly at the threshold -> positive
+    p.card = p.card.with_calibration(at)
     assert p.predict_paths(xray_files(1))[0].label == "PNEUMONIA"
-    p.info["threshold"] = float(np.nextafter(np.float32(r.score), np.float32(1)))
+    above = float(np.nextafter(np.float32(r.score), np.float32(1)))
+    p.card = p.card.with_calibration(Calibration(strategy="test", threshold=above))
     assert p.predict_paths(xray_files(1))[0].label == "NORMAL"
 
 
@@ -261,7 +264,8 @@ def test_multiclass_and_multilabel_rows(tmp_path: Path) -> None:
         r.probabilities.values()
     )
     ml = Predictor.load(make_random_run(tmp_path / "ml", task="multilabel", classes=classes))
-    ml.info["thresholds"] = [0.0, 1.01, 0.0]  # forces labels 0 and 2 positive, 1 negative
+    # forces labels 0 and 2 positive, 1 negative
+    ml.card = ml.card.with_calibration(Calibration(strategy="test", thresholds=(0.0, 1.01, 0.0)))
     (r,) = ml.predict_arrays(img)
     assert r.label == ["Covid", "Viral Pneumonia"]
     assert r.threshold == {"Covid": 0.0, "Normal": 1.01, "Viral Pneumonia": 0.0}

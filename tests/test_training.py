@@ -6,7 +6,6 @@ Every training here is seconds long: tens of images at 32-64 px, one or two epoc
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import time
@@ -24,14 +23,14 @@ from lungxray.data.manifest import Manifest
 from lungxray.errors import DataError, ModelError, RunError
 from lungxray.inference import DEFAULT_NORMALIZATION, predict_batches, to_input
 from lungxray.models.registry import create_model, head_parameters, model_spec
-from lungxray.rundir import OOD_PREFIX, load_run
+from lungxray.runcard import RunCard
+from lungxray.rundir import OOD_PREFIX, load_run, read_history
 from lungxray.training import (
     Trainer,
     class_weights,
     loss_fn,
     lr_multiplier,
     prepare_data,
-    read_history,
     train,
 )
 
@@ -122,24 +121,25 @@ def test_reference_model_trains_and_run_dir_rebuilds(tmp_path, cache_dir, name, 
     hist = read_history(run)
     assert len(hist) == 1 and math.isfinite(hist[0]["train_loss"])
 
-    info = json.loads((run / "model.json").read_text())
-    assert info["architecture"] == name and info["input_size"] == size
-    assert info["task"] == "binary" and info["classes"] == ["NORMAL", "PNEUMONIA"]
-    assert info["positive_class"] == "PNEUMONIA" and 0.0 <= info["threshold"] <= 1.0
-    assert info["in_chans"] == model_spec(name).default_in_chans
-    assert info["normalization"] == DEFAULT_NORMALIZATION
-    assert info["training"]["epochs_run"] == 1 and "decision support" in info["disclaimer"].lower()
+    card = RunCard.read(run)
+    assert card.architecture == name and card.input_size == size
+    assert card.task == "binary" and card.classes == ("NORMAL", "PNEUMONIA")
+    assert card.positive_class == "PNEUMONIA" and 0.0 <= card.threshold <= 1.0
+    assert card.calibration.split == "val" and card.calibration.n == len(splits_val_rows(run))
+    assert card.in_chans == model_spec(name).default_in_chans
+    assert card.normalization == DEFAULT_NORMALIZATION
+    assert card.training.epochs_run == 1 and "decision support" in card.disclaimer.lower()
 
     loaded = load_run(run)
-    assert loaded.ood["mean"].shape == (info["ood"]["dim"],)
+    assert loaded.ood["mean"].shape == (card.ood.dim,)
     images = trainer.data.images[trainer.val_idx]
-    x = to_input(images, DEFAULT_NORMALIZATION, torch.device("cpu"), info["in_chans"])
+    x = to_input(images, DEFAULT_NORMALIZATION, torch.device("cpu"), card.in_chans)
     trained = trainer.model.eval()
     with torch.no_grad():
         assert torch.equal(loaded.model(x), trained(x))
     prob, _ = predict_batches(
         loaded.model, images, task="binary", normalization=DEFAULT_NORMALIZATION,
-        device=torch.device("cpu"), in_chans=info["in_chans"],
+        device=torch.device("cpu"), in_chans=card.in_chans,
     )  # fmt: skip
     assert prob.shape == (len(images), 1) and ((prob >= 0) & (prob <= 1)).all()
 
@@ -152,10 +152,11 @@ def test_multiclass_covid19_with_sampler_and_label_smoothing(tmp_path, cache_dir
         **{"train.balance": "sampler", "train.label_smoothing": 0.1, "data.max_images": 80},
     )
     trainer, result = fit(cfg)
-    info = json.loads((tmp_path / "covid" / "model.json").read_text())
-    assert info["task"] == "multiclass"
-    assert info["classes"] == ["Normal", "Covid", "Viral Pneumonia"]  # normal-like first
-    assert "threshold" not in info and "thresholds" not in info
+    card = RunCard.read(tmp_path / "covid")
+    assert card.task == "multiclass"
+    assert card.classes == ("Normal", "Covid", "Viral Pneumonia")  # normal-like first
+    assert card.threshold is None and card.thresholds is None
+    assert card.calibration.threshold is None and card.calibration.thresholds is None
     loaded = load_run(tmp_path / "covid")
     prob, _ = predict_batches(
         loaded.model, trainer.data.images[:10], task="multiclass",
@@ -169,14 +170,14 @@ def test_multiclass_covid19_with_sampler_and_label_smoothing(tmp_path, cache_dir
 def test_multilabel_nih_thresholds_per_label(tmp_path, cache_dir):
     cfg = make_cfg(tmp_path / "nih", cache_dir, NIH, **{"data.csv": "labels.csv", "data.max_images": 150})
     trainer, _ = fit(cfg)
-    info = json.loads((tmp_path / "nih" / "model.json").read_text())
-    assert info["task"] == "multilabel"
-    assert "No Finding" not in info["classes"] and len(info["classes"]) >= 5
-    assert len(info["thresholds"]) == len(info["classes"])
-    assert all(0.0 <= t <= 1.0 for t in info["thresholds"])
-    assert "threshold" not in info
+    card = RunCard.read(tmp_path / "nih")
+    assert card.task == "multilabel"
+    assert "No Finding" not in card.classes and len(card.classes) >= 5
+    assert len(card.calibration.thresholds) == len(card.classes)
+    assert all(0.0 <= t <= 1.0 for t in card.thresholds)
+    assert card.threshold is None and card.calibration.threshold is None
     loaded = load_run(tmp_path / "nih")
-    assert loaded.model.get_classifier().out_features == len(info["classes"])
+    assert loaded.model.get_classifier().out_features == len(card.classes)
     # splits grouped by patient: no NIH patient in two splits
     rows = read_csv(tmp_path / "nih" / "splits.csv")
     by_patient: dict[str, set[str]] = {}
@@ -221,10 +222,9 @@ def test_resume_is_exact(tmp_path, cache_dir, case):
     assert len(hist_a) == len(hist_b) == epochs
     for column in ("train_loss", "lr", "val_loss"):
         assert [r[column] for r in hist_a] == [r[column] for r in hist_b], column
-    info_a = json.loads((tmp_path / "a" / "model.json").read_text())
-    info_b = json.loads((tmp_path / "b" / "model.json").read_text())
-    assert info_a["threshold"] == info_b["threshold"]
-    assert info_a["training"]["best_epoch"] == info_b["training"]["best_epoch"]
+    card_a, card_b = RunCard.read(tmp_path / "a"), RunCard.read(tmp_path / "b")
+    assert card_a.threshold == card_b.threshold
+    assert card_a.training.best_epoch == card_b.training.best_epoch
 
 
 # ------------------------------------------------------------------------------ transfer learning
@@ -434,11 +434,11 @@ def test_threshold_and_weights_ignore_test_labels(tmp_path, cache_dir):
             {"NORMAL": 5, "PNEUMONIA": 15} if swap else {"NORMAL": 15, "PNEUMONIA": 5}
         )
         runs.append(out)
-    a, b = (json.loads((r / "model.json").read_text()) for r in runs)
-    assert a["threshold"] == b["threshold"]
-    assert a["ood"]["threshold"] == b["ood"]["threshold"]
+    a, b = (RunCard.read(r) for r in runs)
+    assert a.threshold == b.threshold
+    assert a.ood.threshold == b.ood.threshold
     assert_same_weights(weights_of(runs[0]), weights_of(runs[1]))
-    assert a["training"]["counts"]["val"] == b["training"]["counts"]["val"]
+    assert a.training.counts["val"] == b.training.counts["val"]
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -643,3 +643,11 @@ def test_smoke_training_200_images_is_fast(tmp_path, cache_dir):
     seconds = time.perf_counter() - t0
     assert result.epochs_run == 2
     assert seconds < 60, f"200-image smoke training took {seconds:.0f} s"
+
+
+def splits_val_rows(run: Path) -> list[dict[str, str]]:
+    """The validation rows of a run's splits.csv."""
+    import csv
+
+    with (run / "splits.csv").open() as fh:
+        return [r for r in csv.DictReader(fh) if r["split"] == "val"]

@@ -248,6 +248,17 @@ def export(
     console.print(report)
 
 
+@app.command("upgrade-run")
+def upgrade_run(run: Annotated[str, typer.Argument(help="Run directory written by an older lungxray.")]) -> None:
+    """Rewrite an old run's model.json in the current format (the old file is kept as model.v1.json)."""
+    from lungxray.runcard import upgrade_run as upgrade
+
+    if upgrade(run):
+        console.print(f"upgraded {run}/model.json (the original is {run}/model.v1.json)")
+    else:
+        console.print(f"{run}/model.json is already current; nothing to do")
+
+
 @app.command()
 def serve(
     run: Annotated[str, typer.Argument(help="Run directory.")],

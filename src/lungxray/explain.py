@@ -55,13 +55,10 @@ class _SignedLogit:
 
 def _resolve_targets(predictor: Predictor, prob: np.ndarray, target: str | None) -> list[str]:
     """The class explained for each image (N,): ``target`` if given, else the default rule."""
-    classes = predictor.classes
     if target is not None:
-        check_option(target, classes, "target class")
+        check_option(target, predictor.classes, "target class")
         return [target] * len(prob)
-    if predictor.task == "binary":
-        return [classes[1]] * len(prob)
-    return [classes[int(np.argmax(p))] for p in prob]
+    return [predictor.card.explain_target(p) for p in prob]
 
 
 def _cam_target(predictor: Predictor, name: str) -> Any:
@@ -103,8 +100,8 @@ def heatmaps_for_inputs(
         return np.zeros((0, predictor.input_size, predictor.input_size), np.float32)
     cam_cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
     with predictor.hooked_model() as model:
-        target_layer = cam_target_layer(model, predictor.info["architecture"], layer=layer)
-        inp = to_input(x, predictor.info["normalization"], predictor.device, int(predictor.info["in_chans"]))
+        target_layer = cam_target_layer(model, predictor.card.architecture, layer=layer)
+        inp = to_input(x, predictor.card.normalization, predictor.device, predictor.card.in_chans)
         with torch.enable_grad(), cam_cls(model=model, target_layers=[target_layer]) as cam:
             maps = cam(input_tensor=inp, targets=[_cam_target(predictor, t) for t in targets])
     maps = np.nan_to_num(np.asarray(maps, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -316,9 +313,8 @@ def _explain_one(
 
 def _targets_for(predictor: Predictor, prob: np.ndarray, target: str | None) -> list[str]:
     """Classes to explain for one image: multilabel without a target -> each positive label (or the top)."""
-    if target is None and predictor.task == "multilabel":
-        pred = predictor.make_prediction("", prob, None)
-        return list(pred.label) or [max(pred.probabilities, key=pred.probabilities.get)]
+    if target is None:
+        return predictor.card.explain_targets(prob)
     return _resolve_targets(predictor, prob[None], target)
 
 

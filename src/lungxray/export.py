@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from lungxray.errors import ModelError
+from lungxray.io import atomic_path
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over random and real inputs
@@ -107,15 +107,14 @@ def export_onnx(
         raise ModelError('ONNX export needs onnx and onnxruntime: pip install "lungxray[onnx]"') from None
     t0 = time.perf_counter()
     loaded = load_run(run)
-    info, model = loaded.info, loaded.model.eval()
-    size, task = int(info["input_size"]), str(info["task"])
+    card, model = loaded.card, loaded.model.eval()
+    size, task = card.input_size, card.task
     path = Path(out) if out is not None else loaded.path / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _Exportable(model, task, info["normalization"], int(info["in_chans"])).eval()
+    wrapper = _Exportable(model, task, card.normalization, card.in_chans).eval()
     example = torch.zeros((2, size, size), dtype=torch.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp_path:
+        tmp = str(tmp_path)
         try:
             # recent torch flags the TorchScript exporter as deprecated; it is the one that needs no onnxscript
             with warnings.catch_warnings():
@@ -131,42 +130,35 @@ def export_onnx(
                     dynamo=False,  # the dynamo exporter needs onnxscript, an extra dependency
                 )
         except Exception as exc:  # torch raises many types from tracing/symbolic conversion
-            raise ModelError(f"ONNX export of {info['architecture']!r} failed: {exc}") from exc
+            raise ModelError(f"ONNX export of {card.architecture!r} failed: {exc}") from exc
         proto = onnx.load(tmp)
         meta = {
             "lungxray": json.dumps(
                 {
-                    k: info.get(k)
-                    for k in (
-                        "name",
-                        "architecture",
-                        "classes",
-                        "task",
-                        "input_size",
-                        "resize",
-                        "threshold",
-                        "thresholds",
-                        "positive_class",
-                        "normalization",
-                    )
+                    "name": card.name,
+                    "architecture": card.architecture,
+                    "classes": list(card.classes),
+                    "task": card.task,
+                    "input_size": card.input_size,
+                    "resize": card.resize,
+                    "threshold": card.threshold,
+                    "thresholds": None if card.thresholds is None else list(card.thresholds),
+                    "positive_class": card.positive_class,
+                    "normalization": card.normalization,
                 }
             ),
             "weights_sha1": _sha1(loaded.path / "model.safetensors"),
-            "disclaimer": str(info.get("disclaimer", "")),
+            "disclaimer": card.disclaimer,
         }
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
     rng = np.random.default_rng(seed)
     random_x = rng.integers(0, 256, size=(4, size, size), dtype=np.uint8)
-    real_x = _real_inputs(loaded.path, size, str(info.get("resize", "stretch")))
+    real_x = _real_inputs(loaded.path, size, card.resize)
     x = np.concatenate([random_x, real_x])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     p_onnx, f_onnx = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})
@@ -174,9 +166,9 @@ def export_onnx(
         model,
         x,
         task=task,
-        normalization=info["normalization"],
+        normalization=card.normalization,
         device=torch.device("cpu"),
-        in_chans=int(info["in_chans"]),
+        in_chans=card.in_chans,
         features=True,
     )
     max_abs = float(np.max(np.abs(p_onnx - p_torch)))

@@ -94,7 +94,7 @@ class Predictor:
         from lungxray.inference import resolve_device
 
         self.run_dir = Path(loaded.path)
-        self.info: dict[str, Any] = loaded.info
+        self.card = loaded.card
         self.model = loaded.model
         self.backend = backend
         self.device = resolve_device(device)
@@ -132,25 +132,23 @@ class Predictor:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.info["classes"])
+        return list(self.card.classes)
 
     @property
     def task(self) -> str:
-        return str(self.info["task"])
+        return self.card.task
 
     @property
     def input_size(self) -> int:
-        return int(self.info["input_size"])
+        return self.card.input_size
 
     @property
     def resize(self) -> str:
-        return str(self.info.get("resize", "stretch"))
+        return self.card.resize
 
     @property
     def ood_threshold(self) -> float | None:
-        ood = self.info.get("ood") or {}
-        t = ood.get("threshold")
-        return float(t) if t is not None else None
+        return None if self.card.ood is None else self.card.ood.threshold
 
     @property
     def has_ood(self) -> bool:
@@ -224,9 +222,9 @@ class Predictor:
                 self.model,
                 images.astype(np.uint8, copy=False),
                 task=self.task,
-                normalization=self.info["normalization"],
+                normalization=self.card.normalization,
                 device=self.device,
-                in_chans=int(self.info["in_chans"]),
+                in_chans=self.card.in_chans,
                 batch_size=batch_size,
                 features=self.has_ood,
             )
@@ -310,26 +308,18 @@ class Predictor:
 
     def make_prediction(self, name: str, prob: np.ndarray, ood_score: float | None) -> Prediction:
         """One row of model probabilities (K,) + OOD distance -> a labelled ``Prediction``."""
-        from lungxray.inference import probabilities_to_scores
-
-        classes = self.classes
-        scores = probabilities_to_scores(np.asarray(prob, np.float32)[None, :], self.task)[0]
-        probabilities = {c: float(s) for c, s in zip(classes, scores, strict=True)}
-        label: str | list[str]
-        threshold: float | dict[str, float] | None
+        card = self.card
+        row = np.asarray(prob, np.float32)[None, :]
+        scores = card.scores(row)[0]
+        probabilities = {c: float(s) for c, s in zip(card.classes, scores, strict=True)}
+        label = card.label_names(card.decide(row)[0])
         if self.task == "binary":
-            threshold = float(self.info.get("threshold", 0.5))
             score = float(scores[1])
-            label = classes[1] if score >= threshold else classes[0]
         elif self.task == "multiclass":
-            threshold = None
-            j = int(np.argmax(scores))
-            label, score = classes[j], float(scores[j])
+            score = float(scores[card.classes.index(label)])
         else:
-            ts = self.info.get("thresholds") or [0.5] * len(classes)
-            threshold = {c: float(t) for c, t in zip(classes, ts, strict=True)}
-            label = [c for c in classes if probabilities[c] >= threshold[c]]
             score = float(np.max(scores))
+        threshold = card.threshold_map()
         t_ood = self.ood_threshold
         return Prediction(
             path=name,

@@ -291,14 +291,14 @@ class RunCard:
         Binary: (N,) int, 1 when P(positive) >= threshold. Multiclass: (N,) int argmax.
         Multilabel: (N, C) bool, each label at or above its threshold.
         """
-        prob = np.asarray(prob, np.float32)
+        prob = np.asarray(prob, np.float64)  # compared in float64: a float32 cast could move the threshold
         if prob.ndim == 1:
             prob = prob[:, None] if self.task == "binary" else prob[None, :]
         if self.task == "binary":
             return (prob[:, 0] >= self.threshold).astype(np.int64)
         if self.task == "multiclass":
             return prob.argmax(axis=1).astype(np.int64)
-        return prob >= np.asarray(self.thresholds, np.float32)[None, :]
+        return prob >= np.asarray(self.thresholds, np.float64)[None, :]
 
     def label_names(self, decision: Any) -> str | list[str]:
         """One row of ``decide`` -> its label(s): a class name, or the list of positive labels."""

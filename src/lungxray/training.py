@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from lungxray.inference import (
 )
 from lungxray.models.registry import create_model, freeze_backbone, model_spec
 from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
-from lungxray.rundir import atomic_write_text, save_weights, write_model_json
+from lungxray.runcard import Calibration, OODSpec, Preprocessing, RunCard, TrainingSummary
+from lungxray.rundir import save_weights, write_history
 
 HISTORY_FIELDS = [
     "epoch",
@@ -453,7 +454,7 @@ class Trainer:
                 else:
                     state["bad_epochs"] += 1
                 state["epoch"] = epoch + 1
-                self._write_history(state["history"])
+                write_history(self.run_dir, state["history"], HISTORY_FIELDS)
                 self._save_checkpoint(ckpt_path, state, g)
                 if tracker:
                     tracker.log_epoch(row)
@@ -576,17 +577,6 @@ class Trainer:
         state["history"] = [dict(zip(HISTORY_FIELDS, r, strict=True)) for r in blob["history"]]
         return state
 
-    def _write_history(self, history: list[dict]) -> None:
-        lines = [",".join(HISTORY_FIELDS)]
-        for r in history:
-            lines.append(
-                ",".join(
-                    "" if r.get(f) is None else f"{r[f]:.6g}" if isinstance(r[f], float) else str(r[f])
-                    for f in HISTORY_FIELDS
-                )
-            )
-        atomic_write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
-
     def _result(self, state: dict, threshold) -> TrainResult:
         hist = state["history"]
         ips = float(np.mean([r["images_per_s"] for r in hist])) if hist else 0.0
@@ -636,44 +626,51 @@ class Trainer:
         ood_threshold = fit_threshold(mahalanobis(val_feat, mean, precision))
         save_weights(run / "model.safetensors", model.state_dict(), {"mean": mean, "precision": precision})
         result = self._result(state, threshold if threshold is not None else thresholds)
-        info = {
-            "name": c.name,
-            "architecture": c.model.name,
-            "model_kwargs": dict(c.model.kwargs),
-            "in_chans": self.in_chans,
-            "input_size": c.data.size,
-            "resize": c.data.resize,
-            "normalization": dict(DEFAULT_NORMALIZATION),
-            "classes": list(self.m.classes),
-            "task": self.task,
-            "threshold_strategy": c.eval.threshold,
-            "ood": {
-                "method": "mahalanobis",
-                "dim": int(mean.shape[0]),
-                "threshold": ood_threshold,
-                "quantile": 0.99,
-                "fitted_on": f"{len(fit_rows)} train images; threshold on val",
-            },
-            "training": {
-                "data": str(c.data.path),
-                "csv": c.data.csv,
-                "counts": {s: self.m.class_counts(s) for s in ("train", "val", "test")},
-                "unreadable": len(self.data.unreadable),
-                "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch,
-                "best_val": {c.train.monitor: result.best_score},
-                "seconds": round(result.seconds, 2),
-                "images_per_s": round(result.images_per_s, 1),
-                "device": str(self.device),
-                "parameters": int(sum(p.numel() for p in model.parameters())),
-            },
-        }
-        if self.task == "binary":
-            info["positive_class"] = self.m.classes[1]
-            info["threshold"] = threshold
-        elif self.task == "multilabel":
-            info["thresholds"] = thresholds
-        write_model_json(run, info)
+        card = RunCard(
+            name=c.name,
+            architecture=c.model.name,
+            model_kwargs=dict(c.model.kwargs),
+            task=self.task,
+            classes=tuple(self.m.classes),
+            preprocessing=Preprocessing(
+                input_size=c.data.size,
+                resize=c.data.resize,
+                in_chans=self.in_chans,
+                mean=DEFAULT_NORMALIZATION["mean"],
+                std=DEFAULT_NORMALIZATION["std"],
+            ),
+            ood=OODSpec(
+                threshold=ood_threshold,
+                dim=int(mean.shape[0]),
+                quantile=0.99,
+                fitted_on=f"{len(fit_rows)} train images; threshold on val",
+            ),
+            training=TrainingSummary(
+                data=str(c.data.path),
+                csv=c.data.csv,
+                counts={s: self.m.class_counts(s) for s in ("train", "val", "test")},
+                unreadable=len(self.data.unreadable),
+                epochs_run=result.epochs_run,
+                best_epoch=result.best_epoch,
+                best_val={c.train.monitor: result.best_score},
+                seconds=round(result.seconds, 2),
+                images_per_s=round(result.images_per_s, 1),
+                device=str(self.device),
+                parameters=int(sum(p.numel() for p in model.parameters())),
+            ),
+            calibrations=(
+                Calibration(
+                    strategy=c.eval.threshold,
+                    split="val",
+                    threshold=threshold,
+                    thresholds=None if thresholds is None else tuple(thresholds),
+                    n=len(self.val_idx),
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                ),
+            ),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        card.write(run)
         self._learning_curve_figure(state["history"])
         return result
 
@@ -748,17 +745,6 @@ class _Tracker:
 def _tracking(cfg: Config) -> contextlib.AbstractContextManager[_Tracker | None]:
     """The experiment tracker a config asks for, as a context manager (None when tracking is off)."""
     return _Tracker(cfg) if cfg.train.track else contextlib.nullcontext()
-
-
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """history.csv as a list of dicts (numbers parsed)."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return []
-    with path.open() as fh:
-        return [
-            {k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(fh)
-        ]
 
 
 def train(

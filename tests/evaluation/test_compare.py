@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from rich.console import Console
 from lungxray.errors import RunError
 from lungxray.evaluation.compare import COLUMNS, compare_runs, render_comparison
 from lungxray.evaluation.evaluate import evaluate_run
+from lungxray.runcard import RunCard
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,9 @@ def two_runs(tiny_run, cache_dir, tmp_path_factory):
     m["auc"] = {"value": 0.97, "ci_low": 0.95, "ci_high": 0.99}
     m["f1"]["value"] = 0.91
     (b / "eval" / "test" / "metrics.json").write_text(json.dumps(m))
-    info = json.loads((b / "model.json").read_text())
-    info["architecture"] = "resnet18"
-    info["training"].update(seconds=1234.5, parameters=11_000_000)
-    (b / "model.json").write_text(json.dumps(info))
+    card = RunCard.read(b)
+    training = replace(card.training, seconds=1234.5, parameters=11_000_000)
+    replace(card, architecture="resnet18", training=training).write(b)
     return a, b
 
 
@@ -40,12 +41,12 @@ def test_compare_writes_table_and_figure(two_runs, tmp_path):
     rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == ["small", "bigger"]
     ma = json.loads((a / "eval" / "test" / "metrics.json").read_text())
-    ia = json.loads((a / "model.json").read_text())
+    ia = RunCard.read(a)
     assert rows["small"]["auc"] == pytest.approx(ma["auc"]["value"])
     assert rows["small"]["auc_ci_low"] == pytest.approx(ma["auc"]["ci_low"])
     assert rows["small"]["sensitivity"] == pytest.approx(ma["sensitivity"]["value"])
-    assert rows["small"]["train_seconds"] == ia["training"]["seconds"]
-    assert rows["small"]["parameters"] == ia["training"]["parameters"]
+    assert rows["small"]["train_seconds"] == ia.training.seconds
+    assert rows["small"]["parameters"] == ia.training.parameters
     assert rows["small"]["input_size"] == 64 and rows["small"]["n"] == ma["n"]
     assert rows["bigger"]["auc"] == 0.97 and rows["bigger"]["f1"] == 0.91
     assert rows["bigger"]["architecture"] == "resnet18" and rows["bigger"]["train_seconds"] == 1234.5

@@ -19,6 +19,7 @@ from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError, DataError, RunError
 from lungxray.evaluation.evaluate import evaluate_run, render_summary
 from lungxray.evaluation.metrics import binary_metrics, choose_threshold
+from lungxray.runcard import Calibration, RunCard
 
 CHEST = DATA_ROOT / "chest_xray"
 COVID = DATA_ROOT / "covid19"
@@ -54,32 +55,31 @@ def test_metrics_json_has_every_key_with_cis(evaluated):
     assert evaluated.out_dir == evaluated.run_dir / "eval" / "test"
     for k in BINARY_KEYS:
         _check_ci(m[k])
-    info = json.loads((evaluated.run_dir / "model.json").read_text())
+    card = RunCard.read(evaluated.run_dir)
     test_rows = [r for r in _read_csv(evaluated.run_dir / "splits.csv") if r["split"] == "test"]
     assert m["n"] == len(test_rows) > 0
-    assert m["class_counts"] == {c: sum(r["label"] == c for r in test_rows) for c in info["classes"]}
+    assert m["class_counts"] == {c: sum(r["label"] == c for r in test_rows) for c in card.classes}
     assert m["n_patients"] == len({r["patient"] for r in test_rows})
     assert m["bootstrap"]["unit"] == "patient" and m["bootstrap"]["n"] == 200
     if m["threshold"] != 0.5:
         for k in ("accuracy", "sensitivity", "specificity", "f1"):
             _check_ci(m["at_0.5"][k])
     assert m["seconds"] > 0 and m["images_per_s"] > 0
-    assert m["threshold_strategy"] == info["threshold_strategy"]
+    assert m["threshold_strategy"] == card.threshold_strategy
     assert m["unreadable"] == [] and m["external"] is False
 
 
 def test_threshold_is_the_stored_one_never_retuned_on_test(evaluated, cache_dir, tmp_path):
-    info = json.loads((evaluated.run_dir / "model.json").read_text())
-    assert evaluated.metrics["threshold"] == pytest.approx(info["threshold"])
+    card = RunCard.read(evaluated.run_dir)
+    assert evaluated.metrics["threshold"] == pytest.approx(card.threshold)
     rows = _read_csv(evaluated.out_dir / "predictions.csv")
-    y = np.array([r["true_label"] == info["positive_class"] for r in rows], dtype=int)
-    p = np.array([float(r[f"score_{info['positive_class']}"]) for r in rows])
+    y = np.array([r["true_label"] == card.positive_class for r in rows], dtype=int)
+    p = np.array([float(r[f"score_{card.positive_class}"]) for r in rows])
     # store a threshold that differs from what the strategy would pick on the test split
     stored = float(np.round(np.quantile(p, 0.3), 6))
-    assert not np.isclose(stored, choose_threshold(y, p, info["threshold_strategy"]))
+    assert not np.isclose(stored, choose_threshold(y, p, card.threshold_strategy))
     run = _copy_run(evaluated.run_dir, tmp_path / "run")
-    info["threshold"] = stored
-    (run / "model.json").write_text(json.dumps(info))
+    card.with_calibration(Calibration(strategy="fixed", split="test-fixture", threshold=stored)).write(run)
     m = evaluate_run(run, n_boot=0, progress=False, cache_dir=cache_dir).metrics
     assert m["threshold"] == stored
     expected = binary_metrics(y, p, stored)
@@ -89,14 +89,14 @@ def test_threshold_is_the_stored_one_never_retuned_on_test(evaluated, cache_dir,
 
 
 def test_predictions_csv_rows_and_columns(evaluated):
-    info = json.loads((evaluated.run_dir / "model.json").read_text())
+    card = RunCard.read(evaluated.run_dir)
     rows = _read_csv(evaluated.out_dir / "predictions.csv")
-    neg, pos = info["classes"]
+    neg, pos = card.classes
     assert list(rows[0]) == ["path", "patient", "true_label", f"score_{neg}", f"score_{pos}",
                              "predicted_label", "correct"]  # fmt: skip
     assert len(rows) == evaluated.metrics["n"]
     test = {r["path"]: r for r in _read_csv(evaluated.run_dir / "splits.csv") if r["split"] == "test"}
-    t = info["threshold"]
+    t = card.threshold
     for r in rows:
         assert test[r["path"]]["patient"] == r["patient"]
         assert test[r["path"]]["label"] == r["true_label"]
@@ -167,9 +167,7 @@ def test_external_data_folder(evaluated, cache_dir, tmp_path):
         "PNEUMONIA": 15,
     }  # lower-case folders mapped to the run's classes
     assert [Path(u["path"]).name for u in m["unreadable"]] == ["broken.jpeg"]
-    assert m["threshold"] == pytest.approx(
-        json.loads((result.run_dir / "model.json").read_text())["threshold"]
-    )
+    assert m["threshold"] == pytest.approx(RunCard.read(result.run_dir).threshold)
     assert len(_read_csv(result.out_dir / "predictions.csv")) == 30
     assert (result.run_dir / "eval" / "test" / "metrics.json").is_file()  # own evaluation untouched
 

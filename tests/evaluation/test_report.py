@@ -23,6 +23,7 @@ def _run(tmp_path: Path, task: str, classes: list[str], **extra) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     info = {
+        "format_version": 1,  # a version-1 file: the report reads old runs through RunCard's upgrade
         "name": f"demo {EVIL}", "architecture": "cnn-small", "in_chans": 1, "input_size": 64,
         "normalization": {"mean": 0.449, "std": 0.226}, "classes": classes, "task": task,
         "threshold_strategy": "max-f1", "disclaimer": DISCLAIMER,

@@ -25,6 +25,7 @@ from conftest import CHEST_XRAY, dicom_bytes, require_data  # noqa: E402
 from lungxray import DISCLAIMER  # noqa: E402
 from lungxray.data.imageio import read_image  # noqa: E402
 from lungxray.predict import Predictor  # noqa: E402
+from lungxray.runcard import RunCard
 from lungxray.serve.app import create_app  # noqa: E402
 from lungxray.serve.upload import safe_filename  # noqa: E402
 
@@ -72,7 +73,7 @@ def test_predict_jpeg_returns_every_field(client: TestClient, tiny_run: Path, xr
     summary = "Finding suggests PNEUMONIA" if positive else "No PNEUMONIA detected at the chosen threshold"
     assert body["summary"] == summary
     assert (
-        body["threshold_strategy"] == json.loads((tiny_run / "model.json").read_text())["threshold_strategy"]
+        body["threshold_strategy"] == RunCard.read(tiny_run).threshold_strategy
     )
     assert body["ood"]["score"] == pytest.approx(expected.ood_score, rel=1e-4)
     assert body["ood"]["flag"] == (body["ood"]["score"] > body["ood"]["threshold"])
@@ -338,7 +339,7 @@ def test_model_card_includes_test_metrics(tiny_run: Path, tmp_path: Path) -> Non
         [0] * 6 + [1] * 6,
         scores,
         predictor.classes,
-        threshold=predictor.info["threshold"],
+        threshold=predictor.card.threshold,
         n_boot=50,
     )
     (run / "eval" / "test").mkdir(parents=True)

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from lungxray.errors import RunError
 from lungxray.evaluation.plots import save_figure
-from lungxray.rundir import read_model_json
+from lungxray.runcard import RunCard
 
 __all__ = ["COLUMNS", "compare_runs", "render_comparison"]
 
@@ -49,7 +49,7 @@ def _value(entry: Any) -> float | None:
 
 
 def _row(run: Path, split: str) -> dict[str, Any]:
-    info = read_model_json(run)
+    card = RunCard.read(run)
     path = run / "eval" / split / "metrics.json"
     if not path.is_file():
         cmd = f"lungxray evaluate {run}" + ("" if split == "test" else f" --split {split}")
@@ -60,18 +60,18 @@ def _row(run: Path, split: str) -> dict[str, Any]:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RunError(f"{path} is not valid JSON ({exc}); run `lungxray evaluate {run}` again.") from None
-    task = m.get("task", info.get("task"))
-    training = info.get("training", {})
+    task = m.get("task", card.task)
+    training = card.training
     keys = _KEYS.get(task, {})
     auc = m.get(keys.get("auc", "auc")) or {}
     row = {
         "name": run.name,
         "run": str(run),
-        "architecture": info.get("architecture"),
+        "architecture": card.architecture,
         "task": task,
-        "parameters": training.get("parameters"),
-        "input_size": info.get("input_size"),
-        "train_seconds": training.get("seconds"),
+        "parameters": training.parameters,
+        "input_size": card.input_size,
+        "train_seconds": training.seconds,
         "n": m.get("n"),
         "auc": _value(auc),
         "auc_ci_low": auc.get("ci_low") if isinstance(auc, dict) else None,

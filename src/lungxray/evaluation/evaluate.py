@@ -42,7 +42,9 @@ from lungxray.evaluation import plots
 from lungxray.evaluation.metrics import evaluate_predictions
 from lungxray.evaluation.report import build_report, headline_rows
 from lungxray.inference import predict_batches, probabilities_to_scores, resolve_device
-from lungxray.rundir import atomic_write_text, load_run
+from lungxray.io import atomic_write_text
+from lungxray.runcard import RunCard
+from lungxray.rundir import load_run
 
 __all__ = ["EvalResult", "evaluate_run", "render_summary"]
 
@@ -113,11 +115,11 @@ def _external_manifest(data: str | Path, cfg: Config, classes: list[str], task: 
 
 
 def _eval_manifest(
-    run_dir: Path, info: dict, cfg: Config, data: str | Path | None, split: str
+    run_dir: Path, card: RunCard, cfg: Config, data: str | Path | None, split: str
 ) -> tuple[Manifest, str, str]:
     """(rows to evaluate, data source for reports, eval folder name)."""
     check_option(split, SPLITS, "split")
-    classes, task = list(info["classes"]), info["task"]
+    classes, task = list(card.classes), card.task
     if data is None:
         path = run_dir / "splits.csv"
         if not path.is_file():
@@ -130,7 +132,7 @@ def _eval_manifest(
                 f"the {split} split of {run_dir} is empty (splits.csv: {counts}); "
                 "choose another --split or evaluate on another data set with --data."
             )
-        source = info.get("training", {}).get("data") or cfg.data.path
+        source = card.training.data or cfg.data.path
         return part, str(source), split
     m = _external_manifest(data, cfg, classes, task)
     part = m.split(split)
@@ -151,17 +153,6 @@ def _training_overlap(run_dir: Path, paths: tuple[str, ...]) -> int:
 
 
 # ----------------------------------------------------------------------------------------- outputs
-
-
-def _predicted(task: str, prob: np.ndarray, info: dict) -> np.ndarray:
-    """Predicted labels: binary (N,) 0/1 at the stored threshold; multiclass (N,) argmax;
-    multilabel (N, C) bool at the stored per-label thresholds."""
-    if task == "binary":
-        return (prob[:, 0] >= float(info.get("threshold") or 0.5)).astype(np.int64)
-    if task == "multiclass":
-        return prob.argmax(axis=1)
-    t = np.asarray(info.get("thresholds") or [0.5] * prob.shape[1], dtype=np.float64)
-    return prob >= t
 
 
 def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarray) -> None:
@@ -188,7 +179,7 @@ def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarr
                         int(correct[i])])  # fmt: skip
 
 
-def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, info: dict) -> list[tuple[int, str]]:
+def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, card: RunCard) -> list[tuple[int, str]]:
     """The most confident errors, false negatives (missed findings) first: [(row, caption)]."""
     classes, out = list(m.classes), []
     if m.task == "binary":
@@ -211,7 +202,7 @@ def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, info: dict) -> 
         ]
     else:
         y = m.labels
-        t = np.asarray(info.get("thresholds") or [0.5] * len(classes))
+        t = np.asarray(card.thresholds)
         fn = np.argwhere((y == 1) & ~pred)
         fp = np.argwhere((y == 0) & pred)
         fn = fn[np.argsort(prob[fn[:, 0], fn[:, 1]] - t[fn[:, 1]])] if len(fn) else fn
@@ -234,11 +225,11 @@ def _gallery_image(path: str, fallback: np.ndarray, resize: str) -> np.ndarray:
 
 
 def _write_figures(
-    folder: Path, m: Manifest, prob: np.ndarray, pred: np.ndarray, body: dict, info: dict,
+    folder: Path, m: Manifest, prob: np.ndarray, pred: np.ndarray, body: dict, card: RunCard,
     run_dir: Path, images: np.ndarray,
 ) -> list[Path]:  # fmt: skip
     """Every figure of the evaluation as PNG under ``folder``; returns the paths written."""
-    from lungxray.training import read_history
+    from lungxray.rundir import read_history
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):  # a re-evaluation must not keep figures of another task
@@ -264,12 +255,11 @@ def _write_figures(
         save(plots.per_label_auc_bars(classes, aucs), "auc_per_label.png")
     history = read_history(run_dir)
     if len(history) >= 2:  # one epoch draws no curve
-        best = info.get("training", {}).get("best_epoch")
+        best = card.training.best_epoch
         save(plots.learning_curves(history, best_epoch=best), "learning_curves.png")
-    errors = _error_rows(m, prob, pred, info)
+    errors = _error_rows(m, prob, pred, card)
     if errors:
-        resize = info.get("resize", "stretch")
-        imgs = np.stack([_gallery_image(m.paths[i], images[i], resize) for i, _ in errors])
+        imgs = np.stack([_gallery_image(m.paths[i], images[i], card.resize) for i, _ in errors])
         titles = [f"{cap}\n{Path(m.paths[i]).name[:28]}" for i, cap in errors]
         fig = plots.error_gallery(imgs, titles, title_colors=["#b00020"] * len(errors))
         save(fig, "error_gallery.png")
@@ -313,15 +303,15 @@ def evaluate_run(
     console = console or Console(stderr=True)
     run_dir = Path(run)
     loaded = load_run(run_dir)
-    info, task, classes = loaded.info, loaded.task, loaded.classes
+    card, task, classes = loaded.card, loaded.task, loaded.classes
     cfg = _run_config(run_dir)
-    m, source, name = _eval_manifest(run_dir, info, cfg, data, split)
+    m, source, name = _eval_manifest(run_dir, card, cfg, data, split)
     out_dir = run_dir / "eval" / name
 
     cached = cache_images(
         m.paths,
-        int(info["input_size"]),
-        resize=info.get("resize", "stretch"),
+        card.input_size,
+        resize=card.resize,
         cache_dir=cache_dir or cfg.data.cache_dir,
         progress=progress,
     )
@@ -343,8 +333,7 @@ def evaluate_run(
     dev = resolve_device(device)
     model = loaded.model.to(dev)
     prob, _ = predict_batches(
-        model, images, task=task, normalization=info["normalization"], device=dev,
-        in_chans=int(info["in_chans"]),
+        model, images, task=task, normalization=card.normalization, device=dev, in_chans=card.in_chans,
     )  # fmt: skip
     t_predict = time.perf_counter()
 
@@ -352,7 +341,7 @@ def evaluate_run(
     y = m.labels if task == "multilabel" else m.targets
     body = evaluate_predictions(
         task, y, prob[:, 0] if task == "binary" else prob, classes,
-        threshold=info.get("threshold"), thresholds=info.get("thresholds"),
+        threshold=card.threshold, thresholds=card.thresholds,
         groups=np.asarray(m.patients), n_boot=n_boot, ci=cfg.eval.ci, seed=cfg.train.seed,
     )  # fmt: skip
     t_metrics = time.perf_counter()
@@ -365,14 +354,15 @@ def evaluate_run(
     seconds = t_metrics - t0
     body.update(
         run=str(run_dir),
-        model=info.get("name", run_dir.name),
-        architecture=info["architecture"],
+        model=card.name,
+        architecture=card.architecture,
         split=split,
         eval_name=name,
         data=source,
         external=data is not None,
-        threshold_strategy=info.get("threshold_strategy", "0.5"),
-        threshold_chosen_on="validation",
+        threshold_strategy=card.threshold_strategy,
+        threshold_chosen_on="validation" if card.calibration.split == "val" else card.calibration.split,
+        calibration=card.calibration.to_dict(),
         n_patients=len(set(m.patients)),
         unreadable=unreadable,
         overlap_with_training=overlap,
@@ -391,9 +381,9 @@ def evaluate_run(
         disclaimer=DISCLAIMER,
     )
 
-    pred = _predicted(task, prob, info)
+    pred = card.decide(prob)
     _write_predictions(out_dir / "predictions.csv", m, prob, pred)
-    _write_figures(out_dir / "figures", m, prob, pred, body, info, run_dir, images)
+    _write_figures(out_dir / "figures", m, prob, pred, body, card, run_dir, images)
     atomic_write_text(out_dir / "metrics.json", json.dumps(body, indent=2, allow_nan=False))
 
     report = build_report(run_dir, name)

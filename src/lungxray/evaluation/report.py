@@ -19,7 +19,8 @@ from typing import Any
 
 from lungxray import DISCLAIMER, __version__
 from lungxray.errors import RunError
-from lungxray.rundir import atomic_write_text, read_model_json
+from lungxray.io import atomic_write_text
+from lungxray.runcard import RunCard
 
 __all__ = ["FIGURE_CAPTIONS", "build_report", "headline_rows"]
 
@@ -211,13 +212,17 @@ def headline_rows(body: dict, per_label: bool = True) -> list[tuple[str, Any, An
     return rows + [(f"AUC {c}", v.get("auc"), None) for c, v in body.get("per_class", {}).items()]
 
 
-def _header(info: dict, m: dict) -> str:
-    name = info.get("name", "model")
+def _or_na(value: Any) -> Any:
+    return "n/a" if value is None else value
+
+
+def _header(card: RunCard, m: dict) -> str:
+    name = card.name
     return (
         f"<h1>{_e(name)}: evaluation on {_e(m.get('eval_name', m.get('split')))}</h1>"
-        f'<p class="sub">{_e(info.get("architecture"))} &middot; {_e(m.get("task"))} &middot; classes '
+        f'<p class="sub">{_e(card.architecture)} &middot; {_e(m.get("task"))} &middot; classes '
         f"{_e(', '.join(m.get('classes', [])))} &middot; evaluated {_e(m.get('created', ''))}</p>"
-        f'<div class="disclaimer" role="note">{_e(info.get("disclaimer") or DISCLAIMER)}</div>'
+        f'<div class="disclaimer" role="note">{_e(card.disclaimer or DISCLAIMER)}</div>'
     )
 
 
@@ -242,10 +247,10 @@ def _cards(m: dict) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _data_section(info: dict, m: dict) -> str:
-    training = info.get("training", {})
-    counts = training.get("counts", {})
-    classes = list(info.get("classes", []))
+def _data_section(card: RunCard, m: dict) -> str:
+    training = card.training
+    counts = training.counts
+    classes = list(card.classes)
     rows = []
     for split in ("train", "val", "test"):
         c = counts.get(split, {})
@@ -255,7 +260,7 @@ def _data_section(info: dict, m: dict) -> str:
             )
     parts = [
         "<h2>Data</h2>",
-        f"<p>Training data: <code>{_e(training.get('data', 'unknown'))}</code>. Images per split and class "
+        f"<p>Training data: <code>{_e(training.data or 'unknown')}</code>. Images per split and class "
         "at training time (for a multi-label task an image counts once per finding):</p>",
         _table(["split", *classes, "total"], rows) if rows else "",
         '<p class="note">Splits are grouped by patient: all images of one patient are in the same split, '
@@ -292,34 +297,33 @@ def _data_section(info: dict, m: dict) -> str:
     return "".join(parts)
 
 
-def _model_section(info: dict, m: dict) -> str:
-    t = info.get("training", {})
-    params = t.get("parameters")
+def _model_section(card: RunCard, m: dict) -> str:
+    t = card.training
+    params = t.parameters
     rows = [
-        ("Architecture", info.get("architecture")),
+        ("Architecture", card.architecture),
         ("Parameters", f"{params:,}" if isinstance(params, int) else "n/a"),
         (
             "Input",
-            f"{info.get('input_size')} x {info.get('input_size')} px, {info.get('in_chans')} channel(s), "
-            f"resize: {info.get('resize', 'stretch')}",
+            f"{card.input_size} x {card.input_size} px, {card.in_chans} channel(s), resize: {card.resize}",
         ),  # fmt: skip
-        ("Epochs run / best epoch kept", f"{t.get('epochs_run', 'n/a')} / {t.get('best_epoch', 'n/a')}"),
-        ("Training time", _duration(t.get("seconds"))),
-        ("Training throughput", f"{t.get('images_per_s', 'n/a')} images/s"),
-        ("Training device", t.get("device", "n/a")),
+        ("Epochs run / best epoch kept", f"{_or_na(t.epochs_run)} / {_or_na(t.best_epoch)}"),
+        ("Training time", _duration(t.seconds)),
+        ("Training throughput", f"{_or_na(t.images_per_s)} images/s"),
+        ("Training device", _or_na(t.device)),
         (
             "Evaluation",
             f"{_duration(m.get('seconds'))}, {m.get('images_per_s', 'n/a')} images/s on "
             f"{m.get('device', 'n/a')}",
         ),  # fmt: skip
-        ("Created", info.get("created", "n/a")),
+        ("Created", card.created or "n/a"),
     ]
     body = "".join(f"<tr><th>{_e(a)}</th>{_td(b)}</tr>" for a, b in rows)
     return f"<h2>Model and training</h2><table><tbody>{body}</tbody></table>"
 
 
-def _metrics_section(info: dict, m: dict) -> str:
-    strategy = m.get("threshold_strategy") or info.get("threshold_strategy", "0.5")
+def _metrics_section(card: RunCard, m: dict) -> str:
+    strategy = m.get("threshold_strategy") or card.threshold_strategy
     task = m.get("task")
     ci = int(round(100 * m.get("bootstrap", {}).get("ci", 0.95)))
     boot = m.get("bootstrap", {})
@@ -421,11 +425,9 @@ def _figures_section(folder: Path, m: dict) -> str:
     return "".join(parts)
 
 
-def _clinician_section(info: dict, m: dict) -> str:
-    source = str(m.get("data") or info.get("training", {}).get("data", ""))
-    origin = _origin(
-        source + " " + str(info.get("training", {}).get("data", "")), list(info.get("classes", []))
-    )
+def _clinician_section(card: RunCard, m: dict) -> str:
+    source = str(m.get("data") or card.training.data or "")
+    origin = _origin(source + " " + str(card.training.data or ""), list(card.classes))
     items = [
         "This model <b>supports and does not replace</b> a radiologist. Its output is a probability "
         "from one image, without the patient's history, examination, prior images or other views.",
@@ -459,17 +461,17 @@ def _clinician_section(info: dict, m: dict) -> str:
     return f"<h2>For clinicians: what this means and its limits</h2><ul>{lis}</ul>"
 
 
-def _render(info: dict, m: dict, folder: Path) -> str:
-    title = f"{info.get('name', 'model')} - evaluation ({m.get('eval_name', m.get('split'))})"
+def _render(card: RunCard, m: dict, folder: Path) -> str:
+    title = f"{card.name} - evaluation ({m.get('eval_name', m.get('split'))})"
     body = "".join(
         [
-            _header(info, m),
+            _header(card, m),
             _cards(m),
-            _data_section(info, m),
-            _model_section(info, m),
-            _metrics_section(info, m),
+            _data_section(card, m),
+            _model_section(card, m),
+            _metrics_section(card, m),
             _figures_section(folder / "figures", m),
-            _clinician_section(info, m),
+            _clinician_section(card, m),
             f"<footer>Generated by lungxray {_e(__version__)} from <code>{_e(m.get('run'))}</code>. "
             "Files beside this report: metrics.json (every number above), predictions.csv (one row "
             f"per image), figures/. {_e(DISCLAIMER)}</footer>",
@@ -490,7 +492,7 @@ def build_report(run_dir: str | Path, split: str) -> Path:
     Returns the path. Raises RunError when the run or that evaluation does not exist.
     """
     run_dir = Path(run_dir)
-    info = read_model_json(run_dir)
+    card = RunCard.read(run_dir)
     folder = run_dir / "eval" / split
     path = folder / "metrics.json"
     if not path.is_file():
@@ -500,5 +502,5 @@ def build_report(run_dir: str | Path, split: str) -> Path:
     except json.JSONDecodeError as exc:
         raise RunError(f"{path} is not valid JSON ({exc}); evaluate the run again.") from None
     out = folder / "report.html"
-    atomic_write_text(out, _render(info, metrics, folder))
+    atomic_write_text(out, _render(card, metrics, folder))
     return out

@@ -169,8 +169,8 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise ConfigError("the API key is empty; give a non-empty key or none.")
     service = InferenceService(run, workers=workers, queue_size=queue_size)
-    info = service.info
-    classes = list(info["classes"])
+    run_card = service.card
+    classes = list(run_card.classes)
     index_html = _index_html()
 
     @contextlib.asynccontextmanager
@@ -181,7 +181,7 @@ def create_app(
     app = FastAPI(
         title="lungxray",
         version=__version__,
-        description=f"Chest X-ray classifier `{info.get('name')}` ({info.get('architecture')}). {DISCLAIMER}",
+        description=f"Chest X-ray classifier `{run_card.name}` ({run_card.architecture}). {DISCLAIMER}",
         lifespan=lifespan,
     )
     app.state.service = service
@@ -189,7 +189,12 @@ def create_app(
     app.add_middleware(_SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     guarded = [Depends(_key_checker(api_key))]
-    model_meta = {k: info.get(k) for k in ("name", "architecture", "created", "lungxray_version")}
+    model_meta = {
+        "name": run_card.name,
+        "architecture": run_card.architecture,
+        "created": run_card.created,
+        "lungxray_version": run_card.lungxray_version,
+    }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -201,14 +206,14 @@ def create_app(
         return {
             "status": "ok",
             "model_loaded": True,
-            "model": info.get("name"),
+            "model": run_card.name,
             "queue": {"pending": service.pending, "capacity": service.capacity, "workers": service.workers},
         }
 
     @app.get("/api/model", dependencies=guarded, responses={401: _ERRORS[401]})
     async def model() -> dict[str, Any]:
         """Model card: task, classes, threshold (chosen on validation), training counts, test metrics."""
-        card = model_card(service.run_dir, info)
+        card = model_card(service.run_dir, run_card)
         card["max_upload_mb"] = max_bytes / 2**20
         return card
 
@@ -251,7 +256,7 @@ def create_app(
             "probabilities": pred.probabilities,
             "score": pred.score,
             "threshold": pred.threshold,
-            "threshold_strategy": info.get("threshold_strategy"),
+            "threshold_strategy": run_card.threshold_strategy,
             "task": predictor.task,
             "classes": classes,
             "positive_class": classes[1] if predictor.task == "binary" else None,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lungxray import DISCLAIMER
+from lungxray.runcard import RunCard
 
 INTENDED_USE = (
     "A second look for trained readers of frontal chest radiographs that resemble the training data: "
@@ -20,14 +21,13 @@ INTENDED_USE = (
 )
 
 
-def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
-    training = info.get("training") or {}
-    data = training.get("data") or training.get("csv")
+def _training_summary(card: RunCard) -> dict[str, Any]:
+    t = card.training
+    data = t.data or t.csv
     keys = ("counts", "epochs_run", "best_epoch", "seconds", "images_per_s", "device", "unreadable")
-    summary = {k: training[k] for k in keys if k in training}
+    summary = {k: getattr(t, k) for k in keys if getattr(t, k) is not None}
     summary["data"] = Path(str(data)).name if data else None
-    counts = summary.get("counts") or {}
-    summary["n_images"] = int(sum(sum(c.values()) for c in counts.values() if isinstance(c, dict)))
+    summary["n_images"] = t.n_images
     return summary
 
 
@@ -43,8 +43,8 @@ def read_test_metrics(run_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _limitations(info: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
-    strategy = info.get("threshold_strategy", "0.5")
+def _limitations(card: RunCard, training: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
+    strategy = card.threshold_strategy
     n = training.get("n_images") or "an unknown number of"
     source = training.get("data") or "its training source"
     items = [
@@ -68,45 +68,48 @@ def _limitations(info: dict[str, Any], training: dict[str, Any], metrics: dict[s
     return items
 
 
-def model_card(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
     """The JSON model card of a run (see the module docstring)."""
-    classes = list(info["classes"])
-    task = info["task"]
-    training = _training_summary(info)
+    classes = list(run_card.classes)
+    task = run_card.task
+    training = _training_summary(run_card)
     metrics = read_test_metrics(run_dir)
-    strategy = info.get("threshold_strategy", "0.5")
-    ood = info.get("ood") or {}
+    strategy = run_card.threshold_strategy
+    ood = run_card.ood
+    cal = run_card.calibration
     card: dict[str, Any] = {
-        "name": info.get("name"),
-        "architecture": info.get("architecture"),
-        "created": info.get("created"),
-        "lungxray_version": info.get("lungxray_version"),
+        "name": run_card.name,
+        "architecture": run_card.architecture,
+        "created": run_card.created,
+        "lungxray_version": run_card.lungxray_version,
         "task": task,
         "classes": classes,
-        "positive_class": info.get("positive_class", classes[1] if task == "binary" else None),
-        "input_size": info.get("input_size"),
-        "threshold": info.get("threshold") if task == "binary" else None,
-        "thresholds": (dict(zip(classes, info.get("thresholds") or [], strict=False)) or None)
-        if task == "multilabel"
-        else None,
+        "positive_class": run_card.positive_class,
+        "input_size": run_card.input_size,
+        "threshold": run_card.threshold,
+        "thresholds": run_card.threshold_map() if task == "multilabel" else None,
         "threshold_strategy": strategy,
         "threshold_note": (
             "argmax of the class probabilities (no threshold)"
             if task == "multiclass"
             else f"chosen on the validation split with the {strategy!r} rule, before any test data was seen"
+            if cal.split == "val"
+            else f"chosen on {cal.split!r} ({cal.n} images) with the {strategy!r} rule on {cal.created}"
         ),
         "ood": {
-            "method": ood.get("method"),
-            "threshold": ood.get("threshold"),
+            "method": ood.method,
+            "threshold": ood.threshold,
             "note": "Mahalanobis distance of the image's features to the training X-rays; above the "
             "threshold (a high percentile of validation X-rays) the result is flagged as unreliable.",
         }
-        if ood
+        if ood is not None
         else None,
         "training": training,
         "test_metrics": metrics,
         "intended_use": INTENDED_USE,
-        "limitations": _limitations(info, training, metrics),
-        "disclaimer": info.get("disclaimer") or DISCLAIMER,
+        "limitations": _limitations(run_card, training, metrics),
+        "disclaimer": run_card.disclaimer or DISCLAIMER,
+        "population": run_card.population,
+        "calibrations": [c.to_dict() for c in run_card.calibrations],
     }
     return card

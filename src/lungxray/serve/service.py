@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lungxray.errors import ConfigError, LungXrayError
+from lungxray.runcard import RunCard
 
 DISPLAY_MAX = 512  # longest side of the images returned for display (px)
 
@@ -73,7 +74,7 @@ class InferenceService:
         self.workers = int(workers)
         self.capacity = capacity
         self.predictors = [Predictor.load(run) for _ in range(self.workers)]
-        self.info: dict[str, Any] = self.predictors[0].info
+        self.card: RunCard = self.predictors[0].card
         self.run_dir = self.predictors[0].run_dir
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for p in self.predictors:
@@ -148,7 +149,7 @@ class InferenceService:
         lazy imports (Grad-CAM, matplotlib) and the model copies (seconds on a busy CPU)."""
         from lungxray.explain import to_png_bytes
 
-        side = max(64, int(self.info["input_size"]))
+        side = max(64, self.card.input_size)
         ramp = np.linspace(0, 255, side * side, dtype=np.float32).reshape(side, side).astype(np.uint8)
         png = to_png_bytes(ramp)
         for _ in self.predictors:  # the pool is FIFO: each call takes the next predictor

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from lungxray import DISCLAIMER, __version__
 from lungxray.errors import RunError
-from lungxray.models.registry import create_model
+from lungxray.models.factory import create_model
 
 FORMAT_VERSION = 1
 OOD_PREFIX = "__ood__."

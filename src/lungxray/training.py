@@ -39,7 +39,9 @@ from lungxray.inference import (
     resolve_device,
     to_input,
 )
-from lungxray.models.registry import create_model, freeze_backbone, model_spec
+from lungxray.models.factory import create_model
+from lungxray.models.parts import freeze_backbone
+from lungxray.models.registry import model_spec
 from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
 from lungxray.rundir import atomic_write_text, save_weights, write_model_json
 

@@ -1,4 +1,4 @@
-"""The model factory: reference and timm models, keywords, img_size, local weights."""
+"""The model factory: reference and timm models, keywords (and the ones refused), img_size, local weights."""
 
 from __future__ import annotations
 
@@ -62,3 +62,26 @@ def test_img_size_reaches_models_that_need_it_only():
     with torch.no_grad():
         assert vit(_rand(1, 1, 64, 64)).shape == (1, 2)
         assert cnn(_rand(1, 1, 96, 96)).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "checkpoint_path",
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "cache_dir",
+        "pretrained_strict",
+    ],
+)
+def test_kwargs_that_make_timm_load_weights_are_refused(key):
+    with pytest.raises(ModelError, match=f"keyword '{key}' is not allowed.*model.weights"):
+        create_model("resnet18", in_chans=1, num_classes=1, **{key: "/etc/passwd"})
+
+
+def test_checkpoint_path_is_refused_and_ordinary_kwargs_pass():
+    with pytest.raises(ModelError, match="'checkpoint_path'.*load that file"):
+        create_model("resnet18", in_chans=1, num_classes=1, checkpoint_path="/etc/passwd")
+    model = create_model("resnet18", in_chans=1, num_classes=1, drop_rate=0.3)
+    assert model.drop_rate == 0.3

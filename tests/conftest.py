@@ -67,7 +67,8 @@ def make_random_run(
     import torch
 
     from lungxray.inference import DEFAULT_NORMALIZATION
-    from lungxray.models.registry import create_model, embed
+    from lungxray.models.factory import create_model
+    from lungxray.models.parts import embed
     from lungxray.ood import fit_threshold, mahalanobis
     from lungxray.runcard import Calibration, OODSpec, Preprocessing, RunCard
     from lungxray.rundir import save_weights

@@ -144,7 +144,7 @@ def blob(centre: np.ndarray) -> np.ndarray:
 def blob_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn-small at 64 px trained (6 epochs of 512 images, about 15-20 s on one core) to detect the blob; written as a run."""
     from lungxray.inference import DEFAULT_NORMALIZATION, to_input
-    from lungxray.models.registry import create_model
+    from lungxray.models.factory import create_model
     from lungxray.runcard import Calibration, Preprocessing, RunCard
     from lungxray.rundir import save_weights
 

@@ -22,7 +22,9 @@ from lungxray.config import Config, load_config
 from lungxray.data.manifest import Manifest
 from lungxray.errors import DataError, ModelError, RunError
 from lungxray.inference import DEFAULT_NORMALIZATION, predict_batches, to_input
-from lungxray.models.registry import create_model, head_parameters, model_spec
+from lungxray.models.factory import create_model
+from lungxray.models.parts import head_parameters
+from lungxray.models.registry import model_spec
 from lungxray.runcard import RunCard
 from lungxray.rundir import OOD_PREFIX, load_run, read_history
 from lungxray.training import (

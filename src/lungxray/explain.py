@@ -90,7 +90,7 @@ def heatmaps_for_inputs(
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 
     from lungxray.inference import to_input
-    from lungxray.models.registry import cam_target_layer
+    from lungxray.models.parts import cam_target_layer
 
     check_option(method, METHODS, "heatmap method")
     for t in targets:

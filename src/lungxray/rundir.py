@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from lungxray.errors import RunError
 from lungxray.io import atomic_write_text, atomic_write_with
-from lungxray.models.registry import create_model
+from lungxray.models.factory import create_model
 from lungxray.runcard import RunCard
 
 OOD_PREFIX = "__ood__."

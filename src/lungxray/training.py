@@ -40,7 +40,9 @@ from lungxray.inference import (
     resolve_device,
     to_input,
 )
-from lungxray.models.registry import create_model, freeze_backbone, model_spec
+from lungxray.models.factory import create_model
+from lungxray.models.parts import freeze_backbone
+from lungxray.models.registry import model_spec
 from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
 from lungxray.runcard import Calibration, OODSpec, Preprocessing, RunCard, TrainingSummary
 from lungxray.rundir import save_weights, write_history

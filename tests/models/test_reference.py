@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from lungxray.errors import ModelError
+from lungxray.models.factory import create_model
+from lungxray.models.parts import cam_target_layer, embed
 from lungxray.models.reference import _keras_conv
-from lungxray.models.registry import cam_target_layer, create_model, embed, list_models, model_spec
+from lungxray.models.registry import list_models, model_spec
 
 REFERENCE = ["cnn-64-elu", "cnn-150-relu", "cnn-2x2-stride", "cnn-224-small", "mlp", "cnn-small"]
 

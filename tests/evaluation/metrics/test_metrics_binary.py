@@ -221,3 +221,14 @@ def test_one_weighted_implementation_matches_sklearn_and_binary_metrics():
     point = binary_metrics(y, s, 0.45)
     for name in BINARY_METRICS:
         assert METRIC_FNS[name](y, s, np.ones((1, 200)))[0] == pytest.approx(point[name]), name
+
+
+def test_weight_matrix_rows_with_one_class_are_nan_without_warning():
+    import warnings
+
+    y, s = np.array([0, 1, 1]), np.array([0.1, 0.5, 0.7])
+    w = np.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]])  # the second replicate drew no negative
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auc, ap = roc_auc(y, s, sample_weight=w), average_precision(y, s, sample_weight=w)
+    assert auc[0] == 1.0 and math.isnan(auc[1]) and math.isnan(ap[1])

@@ -154,14 +154,32 @@ def _ranking(
 
 
 def roc_auc(y_true: Any, score: Any, sample_weight: Any = None) -> Any:
-    """Area under the ROC curve (ties count 1/2) = ``sklearn.metrics.roc_auc_score``; NaN with one class."""
+    """Area under the ROC curve (ties count 1/2) = ``sklearn.metrics.roc_auc_score``; NaN with one class.
+
+    Args:
+        y_true: (N,) 0/1 labels. score: (N,) any finite scores (only their order matters).
+        sample_weight: None, (N,) or (B, N) non-negative weights (counts).
+
+    Returns:
+        float, or (B,) array for (B, N) weights. NaN (with an UndefinedMetricWarning unless the
+        weights are (B, N)) when the weighted sample holds one class only.
+
+    Raises:
+        DataError: mismatched lengths, labels other than 0/1, non-finite scores, bad weights.
+
+    >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+    """
     s = ck.scores_1d(score, probability=False)
     y = ck.labels_1d(y_true, len(s))
     return _ranking(y, s, ck.weights(sample_weight, len(s)), "roc_auc", ("auc",))["auc"]
 
 
 def average_precision(y_true: Any, score: Any, sample_weight: Any = None) -> Any:
-    """Average precision (step integral of the PR curve) = ``sklearn.metrics.average_precision_score``."""
+    """Average precision (step integral of the PR curve) = ``sklearn.metrics.average_precision_score``.
+
+    Same arguments, return shapes, degenerate cases and errors as ``roc_auc``.
+    """
     s = ck.scores_1d(score, probability=False)
     y = ck.labels_1d(y_true, len(s))
     w = ck.weights(sample_weight, len(s))

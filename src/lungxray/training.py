@@ -32,7 +32,7 @@ from lungxray.data.manifest import Manifest
 from lungxray.data.readers import load_manifest
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError, RunError
-from lungxray.evaluation.metrics import choose_threshold
+from lungxray.evaluation.metrics import choose_threshold, validation_scores
 from lungxray.inference import (
     DEFAULT_NORMALIZATION,
     fast_paths,
@@ -168,41 +168,6 @@ def loss_fn(
         t = t * (1 - smoothing) + 0.5 * smoothing
     loss = F.binary_cross_entropy_with_logits(logits, t, pos_weight=weight, reduction="none")
     return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-
-def validation_scores(task: str, y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """auc / accuracy / f1 at 0.5 on validation (macro over classes or labels); NaN when undefined."""
-    from sklearn.metrics import f1_score, roc_auc_score
-
-    out = {"auc": float("nan"), "accuracy": float("nan"), "f1": float("nan")}
-    with contextlib.suppress(ValueError):
-        if task == "binary":
-            out["auc"] = roc_auc_score(y, prob[:, 0])
-        elif task == "multiclass":
-            out["auc"] = roc_auc_score(y, prob, multi_class="ovr", average="macro")
-        else:
-            aucs = []
-            for c in range(y.shape[1]):
-                known = ~np.isnan(y[:, c])
-                if len(np.unique(y[known, c])) == 2:
-                    aucs.append(roc_auc_score(y[known, c], prob[known, c]))
-            out["auc"] = float(np.mean(aucs)) if aucs else float("nan")
-    if task == "binary":
-        pred = (prob[:, 0] >= 0.5).astype(int)
-        out["accuracy"] = float(np.mean(pred == y))
-        out["f1"] = float(f1_score(y, pred, zero_division=0))
-    elif task == "multiclass":
-        pred = prob.argmax(1)
-        out["accuracy"] = float(np.mean(pred == y))
-        out["f1"] = float(f1_score(y, pred, average="macro", zero_division=0))
-    else:
-        known = ~np.isnan(y)
-        pred = prob >= 0.5
-        out["accuracy"] = float(np.mean(pred[known] == (y[known] > 0.5)))
-        out["f1"] = float(
-            f1_score(np.nan_to_num(y).astype(int), pred.astype(int), average="macro", zero_division=0)
-        )
-    return {k: float(v) for k, v in out.items()}
 
 
 class EMA:

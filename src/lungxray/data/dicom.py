@@ -69,8 +69,9 @@ def j2k_frame_size(frame: bytes) -> tuple[int, int, int, int]:
         pos += 2
     else:
         raise ValueError("frame is not a JPEG 2000 codestream (no SOC/SIZ markers)")
-    fields = frame[pos + 2 : pos + 2 + 2 + 2 + 32 + 2 + 1]
-    if len(fields) < 41:
+    # from Lsiz: Lsiz, Rsiz (2 each), Xsiz, Ysiz, XOsiz, YOsiz, 4 tile fields (4 each), Csiz (2), Ssiz0 (1)
+    fields = frame[pos + 2 : pos + 2 + 39]
+    if len(fields) < 39:
         raise ValueError("truncated JPEG 2000 SIZ marker")
     xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", fields[4:20])
     (csiz,) = struct.unpack(">H", fields[36:38])

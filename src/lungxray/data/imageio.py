@@ -369,14 +369,6 @@ def _png_sbit(fp: BinaryIO) -> int | None:
     return None
 
 
-def _minmax(arr: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] by min and max; a constant array becomes zeros."""
-    lo, hi = float(arr.min()), float(arr.max())
-    if not hi > lo:
-        return np.zeros_like(arr, dtype=np.float64)
-    return (arr - lo) / (hi - lo)
-
-
 # ----------------------------------------------------------------------------------------------- DICOM
 
 
@@ -443,18 +435,46 @@ def _read_dicom(fp: BinaryIO, name: str, max_pixels: int, force: bool) -> tuple[
     ds.pixel_array_options(index=0)
     arr = ds.pixel_array
     samples = int(ds.get("SamplesPerPixel", 1))
+    # Everything below runs in strips of rows into one float32 array, each strip computed in float64
+    # exactly as the whole image was before: memory is the decoded frame + float32 + a strip.
+    out = np.empty(arr.shape[:2], dtype=np.float32)
     if photometric == "PALETTE COLOR":
-        rgb = pixels.apply_color_lut(arr, ds)  # uint8 or uint16, by the LUT's entry size
-        return rgb.astype(np.float64) @ _LUMA / float(np.iinfo(rgb.dtype).max), info
+        for y0, y1 in _row_strips(arr.shape):
+            rgb = pixels.apply_color_lut(arr[y0:y1], ds)  # uint8 or uint16, by the LUT's entry size
+            out[y0:y1] = rgb.astype(np.float64) @ _LUMA / float(np.iinfo(rgb.dtype).max)
+        return out, info
     if samples == 3 or arr.ndim == 3:  # RGB / YBR (pydicom converts YBR to RGB)
-        return arr[..., :3].astype(np.float64) @ _LUMA / _colour_max(ds), info
+        full = _colour_max(ds)
+        for y0, y1 in _row_strips(arr.shape):
+            out[y0:y1] = arr[y0:y1, :, :3].astype(np.float64) @ _LUMA / full
+        return out, info
 
-    arr = pixels.apply_modality_lut(arr, ds)
-    arr = pixels.apply_voi_lut(arr, ds)
-    out = _minmax(np.asarray(arr, dtype=np.float64))
-    if photometric == "MONOCHROME1":  # low values are white in MONOCHROME1
-        out = 1.0 - out if out.max() > 0 else out
+    def values(y0: int, y1: int) -> np.ndarray:  # modality LUT (rescale), then VOI LUT / window
+        part = pixels.apply_voi_lut(pixels.apply_modality_lut(arr[y0:y1], ds), ds)
+        return np.asarray(part, dtype=np.float64)
+
+    lo, hi = np.inf, -np.inf  # first pass: the range, then min-max (MONOCHROME1 inverted) per strip
+    for y0, y1 in _row_strips(arr.shape):
+        v = values(y0, y1)
+        if not np.isfinite(v).all():  # float pixel data with NaN/inf: refused by the caller
+            out[...] = np.nan
+            return out, info
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    if not hi > lo:  # constant: all zeros
+        out[...] = 0.0
+        return out, info
+    for y0, y1 in _row_strips(arr.shape):
+        v = (values(y0, y1) - lo) / (hi - lo)
+        out[y0:y1] = 1.0 - v if photometric == "MONOCHROME1" else v  # low values are white in MONOCHROME1
     return out, info
+
+
+def _row_strips(shape: tuple[int, ...]):
+    """(y0, y1) row ranges of about _STRIP_PIXELS pixels each for an array of ``shape`` (rows first)."""
+    width = max(1, int(shape[1]) if len(shape) > 1 else 1)
+    step = max(1, _STRIP_PIXELS // width)
+    for y0 in range(0, int(shape[0]), step):
+        yield y0, min(int(shape[0]), y0 + step)
 
 
 def _transfer_syntax(ds: object) -> object:

@@ -378,3 +378,10 @@ def test_read_image_bytes_runs_the_same_checks(tmp_path: Path) -> None:
     data = write_dicom(tmp_path / "sof.dcm", ds).read_bytes()
     with pytest.raises(ImageReadError, match="JPEG SOF says 64x64"):
         read_image_bytes(data, name="upload.dcm")
+
+
+def test_big_endian_16bit_tiff(tmp_path: Path) -> None:
+    g = ramp12()
+    Image.frombytes("I;16B", (g.shape[1], g.shape[0]), g.astype(">u2").tobytes()).save(tmp_path / "be.tiff")
+    assert Image.open(tmp_path / "be.tiff").mode == "I;16B"  # PIL's getextrema refuses this mode
+    np.testing.assert_allclose(read_image(tmp_path / "be.tiff"), g / 4095.0, atol=1e-7)

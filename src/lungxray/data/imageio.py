@@ -266,7 +266,7 @@ def _pil_to_gray(im: Image.Image, full_scale: int | None = None) -> np.ndarray:
         for y0, y1, a in _strips(im):
             out[y0:y1] = _LUT8[a if a.ndim == 2 else a[..., 0]]
     elif mode.startswith("I;16") or mode == "I":
-        lo, hi = (int(v) for v in im.getextrema())
+        lo, hi = _int_extrema(im)
         if mode == "I" and not (lo >= 0 and hi <= 65535):  # 32-bit data: min-max
             _minmax_strips(im, out, lo, hi)
         else:  # PIL stores 16-bit PNG/TIFF as "I" in some versions
@@ -291,6 +291,19 @@ def _pil_to_gray(im: Image.Image, full_scale: int | None = None) -> np.ndarray:
         for y0, y1, a in _strips(im, convert, np.float64):
             out[y0:y1] = a[..., :3] @ _LUMA / 255.0
     return out
+
+
+def _int_extrema(im: Image.Image) -> tuple[int, int]:
+    """(min, max) of an integer image; PIL's getextrema does not handle every I;16 variant (I;16B)."""
+    try:
+        lo, hi = im.getextrema()
+        return int(lo), int(hi)
+    except ValueError:
+        lo, hi = None, None
+        for _, _, a in _strips(im):
+            lo = int(a.min()) if lo is None else min(lo, int(a.min()))
+            hi = int(a.max()) if hi is None else max(hi, int(a.max()))
+        return int(lo or 0), int(hi or 0)
 
 
 def _minmax_strips(im: Image.Image, out: np.ndarray, lo: float, hi: float) -> None:

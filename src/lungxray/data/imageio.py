@@ -4,20 +4,26 @@ One reader for training, prediction and the web upload, so every stage sees the 
 checked from the header before any pixel is decoded (decompression bombs never allocate), and every
 failure, whatever PIL or pydicom raised, becomes an ``ImageReadError`` naming the file and the reason.
 
-Memory: pixels are converted to float32 in strips of about a million pixels straight from PIL's own
-buffer, so a W x H image costs PIL's copy plus the float32 result (4 bytes a pixel) and a few tens of MB,
-never a full-size float64 copy (a 50 Mpx RGB PNG peaks at ~0.45 GB, not 1.7 GB). ``SERVER_MAX_PIXELS``
-is the lower cap meant for a server; the library default stays ``DEFAULT_MAX_PIXELS``.
+Memory: pixels are converted to float32 in strips of about a million pixels (PIL images and DICOM
+frames alike), each strip computed in float64 exactly as the whole image was before, so a W x H image
+costs the decoder's own pixels plus the float32 result (4 bytes a pixel) and a few tens of MB, never a
+full-size float64 copy (50 Mpx: 16-bit PNG ~0.3 GB, RGB PNG ~0.45 GB peak growth, was 1.0 and 1.7 GB).
+``SERVER_MAX_PIXELS`` is the lower cap meant for a server; the library default stays
+``DEFAULT_MAX_PIXELS``. Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is set to the cap when a file
+is opened (``apply_pil_pixel_limit``), never at import.
 
-Compressed DICOM: the first frame's embedded size (JPEG SOF, JPEG 2000 SIZ, RLE header and decoded segment
-lengths) is checked against Rows x Columns x SamplesPerPixel x BitsAllocated before the decoder runs, and a
-Deflated dataset is inflated once with a byte limit before pydicom inflates it; a file that disagrees is
-refused, so a small file cannot make a decoder allocate far more than its header announced.
+Compressed DICOM (``data.dicom``): the first frame's embedded size (JPEG SOF, JPEG 2000 SIZ, RLE header
+and decoded segment lengths) is checked against Rows x Columns x SamplesPerPixel x BitsAllocated before the
+decoder runs, and a Deflated dataset is inflated once with a byte limit before pydicom inflates it; a
+file that disagrees is refused, so a small file cannot make a decoder allocate far more than its header
+announced. Multi-frame files: the first frame is read (see ``_read_dicom``).
 
-Scaling: 8-bit images are divided by 255 and 16-bit ones by their bit depth's full scale (65535, or
-4095 for 12-bit data, see ``_uint16_full_scale``; so a constant PNG keeps its grey level); DICOM pixels go through the modality LUT, then the VOI LUT / window, then min-max to [0, 1]
-(so a constant DICOM reads as all zeros). Colour (RGB, RGBA, CMYK, palette, LA) becomes ITU-R 601
-luminance; alpha is dropped, not composited.
+Scaling: 8-bit images are divided by 255 and 16-bit gray ones by their bit depth's full scale (PNG sBIT
+/ TIFF MaxSampleValue when present, else 4095 if no pixel exceeds it, else 65535: see
+``_uint16_full_scale``), so a constant PNG keeps its grey level; DICOM pixels go through the modality LUT,
+then the VOI LUT / window, then min-max to [0, 1] (so a constant DICOM reads as all zeros, and 12-bit
+data spanning 0..4095 reads the same from a PNG and from a DICOM with BitsStored=12). Colour (RGB, RGBA,
+CMYK, palette, LA) becomes ITU-R 601 luminance; alpha is dropped, not composited.
 """
 
 from __future__ import annotations

@@ -385,3 +385,15 @@ def test_big_endian_16bit_tiff(tmp_path: Path) -> None:
     Image.frombytes("I;16B", (g.shape[1], g.shape[0]), g.astype(">u2").tobytes()).save(tmp_path / "be.tiff")
     assert Image.open(tmp_path / "be.tiff").mode == "I;16B"  # PIL's getextrema refuses this mode
     np.testing.assert_allclose(read_image(tmp_path / "be.tiff"), g / 4095.0, atol=1e-7)
+
+
+def test_float_dicom_with_nan_is_refused_not_read_as_zeros(tmp_path: Path) -> None:
+    vals = np.linspace(-1.0, 3.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    ds = make_dicom(gradient8(), bits=8)
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.FloatPixelData = vals.tobytes()
+    np.testing.assert_allclose(read_image(write_dicom(tmp_path / "f.dcm", ds)), (vals + 1) / 4, atol=1e-6)
+    vals[3, 5] = np.nan
+    ds.FloatPixelData = vals.tobytes()
+    expect_error(write_dicom(tmp_path / "nan.dcm", ds), "NaN or infinity")

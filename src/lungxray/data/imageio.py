@@ -249,7 +249,7 @@ def _strips(im: Image.Image, convert: str | None = None, dtype: type | None = No
     step = max(1, _STRIP_PIXELS // max(1, im.width))
     for y0 in range(0, im.height, step):
         y1 = min(im.height, y0 + step)
-        part = im.crop((0, y0, im.width, y1))
+        part = im if step >= im.height else im.crop((0, y0, im.width, y1))  # small image: no copy
         if convert is not None:
             part = part.convert(convert)
         yield y0, y1, np.asarray(part, dtype=dtype)

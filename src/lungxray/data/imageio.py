@@ -208,7 +208,7 @@ def _read_pil(fp: BinaryIO, name: str, max_pixels: int) -> tuple[np.ndarray, Ima
         with warnings.catch_warnings(), _PIL_LIMIT_LOCK:
             # Our max_pixels check below replaces PIL's bomb warning; PIL's hard error (2x its limit) remains.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            apply_pil_pixel_limit(max_pixels)
+            apply_pil_pixel_limit(max(1, int(max_pixels)))  # max_pixels <= 0: refused by _check_size
             im = Image.open(fp, formats=_PIL_FORMATS)
     except Image.UnidentifiedImageError as e:
         raise ImageReadError(

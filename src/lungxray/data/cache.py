@@ -31,7 +31,7 @@ import numpy as np
 from lungxray.data.preprocess import RESIZE_MODES, to_model_input
 from lungxray.errors import ImageReadError, check_option
 
-CACHE_FORMAT = 1  # bump when decoding or to_model_input changes what a cached row holds
+CACHE_FORMAT = 2  # 2: 12-bit data in 16-bit PNG/TIFF scaled by 4095 (was 65535). Bump when decoding or to_model_input changes what a cached row holds
 _STORE_VERSION = f"v{CACHE_FORMAT}"
 _CHUNK = 32  # files per worker task: large enough to amortise pickling, small for a smooth bar
 _FLUSH_BYTES = 256 * 2**20  # write a shard at least every 256 MiB of decoded rows

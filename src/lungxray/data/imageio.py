@@ -4,15 +4,34 @@ One reader for training, prediction and the web upload, so every stage sees the 
 checked from the header before any pixel is decoded (decompression bombs never allocate), and every
 failure, whatever PIL or pydicom raised, becomes an ``ImageReadError`` naming the file and the reason.
 
-Scaling: 8-bit images are divided by 255 and 16-bit ones by 65535 (so a constant PNG keeps its grey
-level); DICOM pixels go through the modality LUT, then the VOI LUT / window, then min-max to [0, 1]
-(so a constant DICOM reads as all zeros). Colour (RGB, RGBA, CMYK, palette, LA) becomes ITU-R 601
-luminance; alpha is dropped, not composited.
+Memory: pixels are converted to float32 in strips of about a million pixels (PIL images and DICOM
+frames alike), each strip computed in float64 exactly as the whole image was before, so a W x H image
+costs the decoder's own pixels plus the float32 result (4 bytes a pixel) and a few tens of MB, never a
+full-size float64 copy (50 Mpx: 16-bit PNG ~0.3 GB, RGB PNG ~0.45 GB peak growth, was 1.0 and 1.7 GB).
+``SERVER_MAX_PIXELS`` is the lower cap meant for a server; the library default stays
+``DEFAULT_MAX_PIXELS``. Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` is set to the cap when a file
+is opened (``apply_pil_pixel_limit``), never at import.
+
+Compressed DICOM (``data.dicom``): the first frame's embedded size (JPEG SOF, JPEG 2000 SIZ, RLE header
+and decoded segment lengths) is checked against Rows x Columns x SamplesPerPixel x BitsAllocated before the
+decoder runs, and a Deflated dataset is inflated once with a byte limit before pydicom inflates it; a
+file that disagrees is refused, so a small file cannot make a decoder allocate far more than its header
+announced. Multi-frame files: the first frame is read (see ``_read_dicom``).
+
+Scaling: 8-bit images are divided by 255 and 16-bit gray ones by their bit depth's full scale (PNG sBIT
+/ TIFF MaxSampleValue when present, else 4095 if no pixel exceeds it, else 65535: see
+``_uint16_full_scale``), so a constant PNG keeps its grey level; DICOM pixels go through the modality LUT,
+then the VOI LUT / window, then min-max to [0, 1] (so a constant DICOM reads as all zeros, and 12-bit
+data spanning 0..4095 reads the same from a PNG and from a DICOM with BitsStored=12). Colour (RGB, RGBA,
+CMYK, palette, LA) becomes ITU-R 601 luminance; alpha is dropped, not composited.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +45,8 @@ from lungxray.errors import ImageReadError
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom"}
 )
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = 50_000_000  # library default (CLI, training): ~0.5 GB peak for a 50 Mpx image
+SERVER_MAX_PIXELS = 25_000_000  # what a server should pass as max_pixels (many decodes may run at once)
 MIN_SIDE = 8  # pixels; smaller images carry no usable anatomy
 MAX_ASPECT = 10.0  # longer side / shorter side
 
@@ -35,6 +55,10 @@ _DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DIB", "GIF")  # JPEG also opens MPO
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R 601-2, as PIL's convert("L")
 _PYDICOM_HINT = 'reading DICOM needs pydicom: pip install "lungxray[dicom]"'
+_STRIP_PIXELS = 1 << 20  # pixels converted per strip: bounds the float64 scratch of a colour strip to ~32 MB
+# Exactly what the float64 path gave (x / 255 in float64, then rounded to float32), as lookup tables.
+_LUT8 = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -128,7 +152,23 @@ def _read_stream(fp: BinaryIO, name: str, max_pixels: int) -> tuple[np.ndarray, 
         raise ImageReadError(name, f"corrupt or unreadable image data ({type(e).__name__}: {e})") from e
     if not np.isfinite(img).all():
         raise ImageReadError(name, "pixel values include NaN or infinity")
+    if img.dtype == np.float32:  # clip in place: no second full-size copy
+        return np.clip(img, 0.0, 1.0, out=img), info
     return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False), info
+
+
+def apply_pil_pixel_limit(max_pixels: int) -> None:
+    """Set Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` to ``max_pixels``.
+
+    Pillow warns above this many pixels and refuses twice as many, in every ``Image.open`` of the process
+    (thumbnails, perceptual hashes, other libraries), not only ours. Nothing is changed at import time:
+    ``read_image*`` applies its ``max_pixels`` this way right before opening a file with PIL (under a lock,
+    so concurrent reads with different caps never see each other's value while opening), and a server
+    can call it once at start-up with ``SERVER_MAX_PIXELS`` for the rest of the process.
+    """
+    if int(max_pixels) <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
 def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
@@ -162,12 +202,13 @@ _TRANSPOSE = {
 
 
 def _read_pil(fp: BinaryIO, name: str, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
-    """Open lazily, check the header size, force a full decode, convert to gray float."""
+    """Open lazily, check the header size, force a full decode, convert to gray float32 in strips."""
     Image.init()  # registers all PIL plugins (idempotent), so every name in _PIL_FORMATS is known
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _PIL_LIMIT_LOCK:
             # Our max_pixels check below replaces PIL's bomb warning; PIL's hard error (2x its limit) remains.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            apply_pil_pixel_limit(max(1, int(max_pixels)))  # max_pixels <= 0: refused by _check_size
             im = Image.open(fp, formats=_PIL_FORMATS)
     except Image.UnidentifiedImageError as e:
         raise ImageReadError(
@@ -175,15 +216,22 @@ def _read_pil(fp: BinaryIO, name: str, max_pixels: int) -> tuple[np.ndarray, Ima
         ) from e
     except Image.DecompressionBombError as e:
         raise ImageReadError(name, f"too many pixels; possible decompression bomb ({e})") from e
-    with im:
+    oriented = im
+    try:
         info = ImageInfo(int(im.width), int(im.height), str(im.mode), str(im.format))
         _check_size(name, im.width, im.height, max_pixels)
         try:
             im.load()  # full decode now, so truncation surfaces here and not later
         except OSError as e:
             raise ImageReadError(name, f"truncated or corrupt image data ({e})") from e
-        im = _apply_exif_orientation(im)
-        return _pil_to_gray(im), info
+        full_scale = _uint16_full_scale_from_header(im, fp)
+        oriented = _apply_exif_orientation(im)
+        if oriented is not im:
+            im.close()  # free the unrotated pixels before the float32 result is allocated
+        return _pil_to_gray(oriented, full_scale), info
+    finally:
+        oriented.close()
+        im.close()
 
 
 def _apply_exif_orientation(im: Image.Image) -> Image.Image:
@@ -196,40 +244,148 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
     return im.transpose(method) if method is not None else im
 
 
-def _pil_to_gray(im: Image.Image) -> np.ndarray:
-    """(H, W) float64 in [0, 1] from any PIL mode; 16-bit modes keep their precision."""
+def _strips(im: Image.Image, convert: str | None = None, dtype: type | None = None):
+    """Yield (y0, y1, array of rows y0:y1) of a loaded PIL image, about _STRIP_PIXELS pixels at a time."""
+    step = max(1, _STRIP_PIXELS // max(1, im.width))
+    for y0 in range(0, im.height, step):
+        y1 = min(im.height, y0 + step)
+        part = im if step >= im.height else im.crop((0, y0, im.width, y1))  # small image: no copy
+        if convert is not None:
+            part = part.convert(convert)
+        yield y0, y1, np.asarray(part, dtype=dtype)
+
+
+def _pil_to_gray(im: Image.Image, full_scale: int | None = None) -> np.ndarray:
+    """(H, W) float32 in [0, 1] from any PIL mode; 16-bit modes keep their precision.
+
+    Converted strip by strip into one float32 array; each strip is computed exactly as the whole image
+    was before (float64, then rounded to float32), so 8-bit results are bit-identical to that.
+    ``full_scale`` is the 16-bit data's full-scale value when the file's header gave one (PNG sBIT,
+    TIFF MaxSampleValue); otherwise ``_uint16_full_scale`` decides from the pixel values.
+    """
     mode = im.mode
+    out = np.empty((im.height, im.width), dtype=np.float32)
     if mode == "1":
-        return np.asarray(im, dtype=np.float64)
-    if mode == "L":
-        return np.asarray(im, dtype=np.float64) / 255.0
-    if mode == "LA":
-        return np.asarray(im, dtype=np.float64)[..., 0] / 255.0
-    if mode.startswith("I;16"):
-        return np.asarray(im).astype(np.float64) / 65535.0
-    if mode == "I":
-        arr = np.asarray(im).astype(np.float64)
-        if arr.min() >= 0 and arr.max() <= 65535:  # PIL stores 16-bit PNG/TIFF as "I" in some versions
-            return arr / 65535.0
-        return _minmax(arr)
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            return arr  # rejected by the caller's finiteness check
-        return arr if arr.min() >= 0 and arr.max() <= 1 else _minmax(arr)
-    if mode in ("RGB", "RGBA", "RGBX", "RGBa"):
-        rgb = np.asarray(im, dtype=np.float64)[..., :3]
-    else:  # P, PA, CMYK, YCbCr, LAB, HSV, La...: let PIL do the colour conversion
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float64)
-    return rgb @ _LUMA / 255.0
+        for y0, y1, a in _strips(im):
+            out[y0:y1] = a
+    elif mode in ("L", "LA"):
+        for y0, y1, a in _strips(im):
+            out[y0:y1] = _LUT8[a if a.ndim == 2 else a[..., 0]]
+    elif mode.startswith("I;16") or mode == "I":
+        lo, hi = _int_extrema(im)
+        if mode == "I" and not (lo >= 0 and hi <= 65535):  # 32-bit data: min-max
+            _minmax_strips(im, out, lo, hi)
+        else:  # PIL stores 16-bit PNG/TIFF as "I" in some versions
+            lut = _lut16(full_scale or _uint16_full_scale(hi))
+            for y0, y1, a in _strips(im):
+                out[y0:y1] = lut[a]
+    elif mode == "F":
+        lo, hi = np.inf, -np.inf
+        for _, _, a in _strips(im):
+            if not np.isfinite(a).all():
+                out[...] = np.nan  # rejected by the caller's finiteness check
+                return out
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+        if lo >= 0 and hi <= 1:
+            for y0, y1, a in _strips(im):
+                out[y0:y1] = a
+        else:
+            _minmax_strips(im, out, lo, hi)
+    else:
+        # RGB(A/X/a) directly; P, PA, CMYK, YCbCr, LAB, HSV, La...: PIL converts each strip to RGB
+        convert = None if mode in ("RGB", "RGBA", "RGBX", "RGBa") else "RGB"
+        for y0, y1, a in _strips(im, convert, np.float64):
+            out[y0:y1] = a[..., :3] @ _LUMA / 255.0
+    return out
 
 
-def _minmax(arr: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] by min and max; a constant array becomes zeros."""
-    lo, hi = float(arr.min()), float(arr.max())
+def _int_extrema(im: Image.Image) -> tuple[int, int]:
+    """(min, max) of an integer image; PIL's getextrema does not handle every I;16 variant (I;16B)."""
+    try:
+        lo, hi = im.getextrema()
+        return int(lo), int(hi)
+    except ValueError:
+        lo, hi = None, None
+        for _, _, a in _strips(im):
+            lo = int(a.min()) if lo is None else min(lo, int(a.min()))
+            hi = int(a.max()) if hi is None else max(hi, int(a.max()))
+        return int(lo or 0), int(hi or 0)
+
+
+def _minmax_strips(im: Image.Image, out: np.ndarray, lo: float, hi: float) -> None:
+    """Fill ``out`` with the image min-max scaled by (lo, hi) in float64 per strip; constant -> zeros."""
     if not hi > lo:
-        return np.zeros_like(arr, dtype=np.float64)
-    return (arr - lo) / (hi - lo)
+        out[...] = 0.0
+        return
+    for y0, y1, a in _strips(im, dtype=np.float64):
+        out[y0:y1] = (a - float(lo)) / (float(hi) - float(lo))
+
+
+@functools.lru_cache(maxsize=8)
+def _lut16(full_scale: int) -> np.ndarray:
+    """float32 value of every uint16 code divided by ``full_scale`` (computed in float64, as before)."""
+    lut = (np.arange(65536, dtype=np.float64) / float(full_scale)).astype(np.float32)
+    lut.flags.writeable = False
+    return lut
+
+
+def _uint16_full_scale(max_value: int) -> int:
+    """Full-scale value of 16-bit-container gray data without a header saying its bit depth.
+
+    Rule: the brightest pixel picks the *container*, never the scale: ``max_value <= 4095`` means 12-bit
+    data (full scale 4095, as a DICOM with BitsStored=12 spanning its range reads), anything brighter
+    means 16-bit (65535). 12-bit detectors exported as 16-bit PNG/TIFF are the common case this fixes:
+    divided by 65535 they reached the model at most 1/16 bright, nearly black.
+
+    Trade-off, on purpose: a dark 12-bit image stays dark (scaled by 4095, not stretched by its own
+    max, unlike a min-max rule), and a genuinely 16-bit image is only misread when *all* its pixels are
+    below 4096, i.e. under 1/16 of full scale: it is then read 16x brighter (it would otherwise be nearly
+    black to the model anyway). Around the threshold the rule is discontinuous (max 4095 vs 4096 differ
+    by 16x), and 10- or 14-bit data is read as 12- or 16-bit; files that matter should say their depth
+    with a PNG sBIT chunk or TIFF MaxSampleValue tag, which win over this rule.
+    """
+    return 4095 if max_value <= 4095 else 65535
+
+
+def _uint16_full_scale_from_header(im: Image.Image, fp: BinaryIO) -> int | None:
+    """The 16-bit gray data's full-scale value as the file declares it, or None if it does not.
+
+    PNG: the sBIT chunk's significant bits (2**bits - 1). TIFF: MaxSampleValue (tag 281). Only for
+    16-bit gray modes; anything implausible (0, more than 16 bits, fewer than 8) is ignored.
+    """
+    if not (im.mode.startswith("I;16") or im.mode == "I"):
+        return None
+    try:
+        if im.format == "PNG":
+            bits = _png_sbit(fp)
+            return 2**bits - 1 if bits is not None and 8 <= bits <= 16 else None
+        if im.format == "TIFF":
+            value = im.tag_v2.get(281)  # type: ignore[attr-defined]
+            if isinstance(value, tuple):
+                value = max(value) if value else None
+            return int(value) if value is not None and 255 <= int(value) <= 65535 else None
+    except Exception:  # a header we cannot parse just means "not declared"
+        return None
+    return None
+
+
+def _png_sbit(fp: BinaryIO) -> int | None:
+    """Significant bits of a PNG's gray channel from its sBIT chunk (before IDAT), or None."""
+    fp.seek(0)
+    if fp.read(8) != b"\x89PNG\r\n\x1a\n":
+        return None
+    for _ in range(1024):  # chunks before IDAT; a bound, not a real limit
+        head = fp.read(8)
+        if len(head) < 8:
+            return None
+        length, ctype = struct.unpack(">I4s", head)
+        if ctype in (b"IDAT", b"IEND"):
+            return None
+        if ctype == b"sBIT":
+            data = fp.read(min(length, 4))
+            return data[0] if data else None
+        fp.seek(length + 4, io.SEEK_CUR)  # data + CRC
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- DICOM
@@ -244,6 +400,12 @@ def _read_dicom(fp: BinaryIO, name: str, max_pixels: int, force: bool) -> tuple[
     except ImportError as e:
         raise ImageReadError(name, _PYDICOM_HINT) from e
 
+    from lungxray.data import dicom as dicom_checks
+
+    # Deflated datasets are inflated whole by pydicom: bound that first (pixels x up to 6 bytes + 16 MiB).
+    problem = dicom_checks.deflated_size_problem(fp, max_pixels * 6 + 16 * 2**20)
+    if problem is not None:
+        raise ImageReadError(name, f"unsupported DICOM: {problem}")
     try:
         ds = pydicom.dcmread(fp, force=force)
     except InvalidDicomError as e:
@@ -257,6 +419,13 @@ def _read_dicom(fp: BinaryIO, name: str, max_pixels: int, force: bool) -> tuple[
     if not rows or not cols:
         raise ImageReadError(name, "unsupported DICOM: Rows/Columns missing")
     _check_size(name, int(cols), int(rows), max_pixels)
+    samples, bits = ds.get("SamplesPerPixel", 1), ds.get("BitsAllocated", 8)
+    if samples not in (1, 3) or bits not in (1, 8, 16, 32, 64):
+        raise ImageReadError(
+            name,
+            f"unsupported DICOM: SamplesPerPixel={samples}, BitsAllocated={bits} "
+            "(expected 1 or 3 samples of 1, 8, 16, 32 or 64 bits)",
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     info = ImageInfo(int(cols), int(rows), photometric, "DICOM")
 
@@ -275,22 +444,56 @@ def _read_dicom(fp: BinaryIO, name: str, max_pixels: int, force: bool) -> tuple[
                 f"unsupported DICOM: compressed transfer syntax '{tsyntax.name}' needs a decoder that is "
                 f"not installed ({need})",
             )
+        problem = dicom_checks.compressed_frame_problem(ds, tsyntax)
+        if problem is not None:
+            raise ImageReadError(name, f"refusing to decode compressed DICOM: {problem}")
 
-    ds.pixel_array_options(index=0)  # decode only the first frame of a multi-frame file
+    # Multi-frame: the first frame is the image, on purpose. A radiograph stored as several frames (a
+    # processed copy, NumberOfFrames=1 written out) is still one radiograph, and decoding one frame keeps
+    # memory bounded by Rows x Columns whatever NumberOfFrames says; only that frame is size-checked above.
+    ds.pixel_array_options(index=0)
     arr = ds.pixel_array
     samples = int(ds.get("SamplesPerPixel", 1))
+    # Everything below runs in strips of rows into one float32 array, each strip computed in float64
+    # exactly as the whole image was before: memory is the decoded frame + float32 + a strip.
+    out = np.empty(arr.shape[:2], dtype=np.float32)
     if photometric == "PALETTE COLOR":
-        rgb = pixels.apply_color_lut(arr, ds)  # uint8 or uint16, by the LUT's entry size
-        return rgb.astype(np.float64) @ _LUMA / float(np.iinfo(rgb.dtype).max), info
+        for y0, y1 in _row_strips(arr.shape):
+            rgb = pixels.apply_color_lut(arr[y0:y1], ds)  # uint8 or uint16, by the LUT's entry size
+            out[y0:y1] = rgb.astype(np.float64) @ _LUMA / float(np.iinfo(rgb.dtype).max)
+        return out, info
     if samples == 3 or arr.ndim == 3:  # RGB / YBR (pydicom converts YBR to RGB)
-        return arr[..., :3].astype(np.float64) @ _LUMA / _colour_max(ds), info
+        full = _colour_max(ds)
+        for y0, y1 in _row_strips(arr.shape):
+            out[y0:y1] = arr[y0:y1, :, :3].astype(np.float64) @ _LUMA / full
+        return out, info
 
-    arr = pixels.apply_modality_lut(arr, ds)
-    arr = pixels.apply_voi_lut(arr, ds)
-    out = _minmax(np.asarray(arr, dtype=np.float64))
-    if photometric == "MONOCHROME1":  # low values are white in MONOCHROME1
-        out = 1.0 - out if out.max() > 0 else out
+    def values(y0: int, y1: int) -> np.ndarray:  # modality LUT (rescale), then VOI LUT / window
+        part = pixels.apply_voi_lut(pixels.apply_modality_lut(arr[y0:y1], ds), ds)
+        return np.asarray(part, dtype=np.float64)
+
+    lo, hi = np.inf, -np.inf  # first pass: the range, then min-max (MONOCHROME1 inverted) per strip
+    for y0, y1 in _row_strips(arr.shape):
+        v = values(y0, y1)
+        if not np.isfinite(v).all():  # float pixel data with NaN/inf: refused by the caller
+            out[...] = np.nan
+            return out, info
+        lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    if not hi > lo:  # constant: all zeros
+        out[...] = 0.0
+        return out, info
+    for y0, y1 in _row_strips(arr.shape):
+        v = (values(y0, y1) - lo) / (hi - lo)
+        out[y0:y1] = 1.0 - v if photometric == "MONOCHROME1" else v  # low values are white in MONOCHROME1
     return out, info
+
+
+def _row_strips(shape: tuple[int, ...]):
+    """(y0, y1) row ranges of about _STRIP_PIXELS pixels each for an array of ``shape`` (rows first)."""
+    width = max(1, int(shape[1]) if len(shape) > 1 else 1)
+    step = max(1, _STRIP_PIXELS // width)
+    for y0 in range(0, int(shape[0]), step):
+        yield y0, min(int(shape[0]), y0 + step)
 
 
 def _transfer_syntax(ds: object) -> object:

@@ -1,6 +1,6 @@
 """Decode and resize every image once into a uint8 memmap, keyed by content hash and preprocessing.
 
-Layout under ``cache_dir/v1/{size}-{resize}/``:
+Layout under ``cache_dir/v{CACHE_FORMAT}/{size}-{resize}/``:
 
 * ``shards/<id>.u8``: raw uint8 rows of ``size * size`` bytes, append-only (one file per flush);
 * ``shards/<id>.json``: the shard's index, rows in order: ``[sha1, {width, height, mode, format, phash}]``;

@@ -112,7 +112,13 @@ def test_adjust_for_prior_rejects_bad_priors():
 
 @pytest.mark.parametrize(
     "t, train, new, expected",
-    [(0.5, 0.5, 0.5, 0.5), (0.5, 0.5, 0.8, 0.2), (0.5, 0.8, 0.5, 0.8), (0.0, 0.5, 0.9, 0.0), (1.0, 0.5, 0.1, 1.0)],
+    [
+        (0.5, 0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.8, 0.2),
+        (0.5, 0.8, 0.5, 0.8),
+        (0.0, 0.5, 0.9, 0.0),
+        (1.0, 0.5, 0.1, 1.0),
+    ],
 )
 def test_threshold_for_prior_table(t, train, new, expected):
     assert threshold_for_prior(t, train, new) == pytest.approx(expected)

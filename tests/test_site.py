@@ -78,7 +78,9 @@ def test_fit_temperature_multiclass_bias_vector_and_apply():
     y = np.array([rng.choice(3, p=row) for row in prob])
     t, b = fit_temperature(logits * 2.0, y, bias=True)
     assert t == pytest.approx(2.0, rel=0.1) and b.shape == (3,) and abs(b.sum()) < 1e-9
-    fixed = apply_temperature(np.exp(logits * 2.0) / np.exp(logits * 2.0).sum(1, keepdims=True), t, b, "multiclass")
+    fixed = apply_temperature(
+        np.exp(logits * 2.0) / np.exp(logits * 2.0).sum(1, keepdims=True), t, b, "multiclass"
+    )
     np.testing.assert_allclose(fixed.sum(1), 1.0)
     np.testing.assert_allclose(fixed, prob, atol=0.08)
 
@@ -96,7 +98,9 @@ def test_apply_temperature_table(p, t, b, expected):
     np.testing.assert_allclose(apply_temperature(p, t, b), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("logits, y", [(np.zeros(5), np.ones(5)), (np.zeros(5), np.zeros(4)), ([np.inf, 0], [0, 1])])
+@pytest.mark.parametrize(
+    "logits, y", [(np.zeros(5), np.ones(5)), (np.zeros(5), np.zeros(4)), ([np.inf, 0], [0, 1])]
+)
 def test_fit_temperature_refuses_degenerate_input(logits, y):
     with pytest.raises(DataError):
         fit_temperature(logits, y)
@@ -128,7 +132,9 @@ def test_compare_operating_points_cis_bracket_values():
 
 def test_crossfit_never_chooses_on_the_evaluated_half_and_meets_target():
     y, p, g = _binary(n=800)
-    r = crossfit_site_calibration(y, p, g, "sensitivity>=0.95", seeds=(0, 1), reference_threshold=0.5, n_boot=100)
+    r = crossfit_site_calibration(
+        y, p, g, "sensitivity>=0.95", seeds=(0, 1), reference_threshold=0.5, n_boot=100
+    )
     assert np.array(r["thresholds"]).shape == (2, 2)
     assert r["site"]["sensitivity"]["value"] == pytest.approx(0.95, abs=0.03)
     # the ceiling is chosen on the evaluated half itself: at least as good a specificity, on average

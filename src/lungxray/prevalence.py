@@ -39,7 +39,9 @@ def _as_2d(prob: Any, prior: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     else:
         pi = np.asarray(prior, dtype=np.float64).reshape(-1)
     if p.ndim != 2 or p.shape[1] != len(pi) or not len(p):
-        raise DataError(f"prob must be (N,) or (N, K) with a prior of K values; got {p.shape} and {pi.shape}.")
+        raise DataError(
+            f"prob must be (N,) or (N, K) with a prior of K values; got {p.shape} and {pi.shape}."
+        )
     if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
         raise DataError("prob must hold finite probabilities in [0, 1].")
     if (pi <= 0).any() or abs(pi.sum() - 1.0) > 1e-6:
@@ -134,7 +136,9 @@ def bbse_prevalence(val_y: Any, val_pred: Any, site_pred: Any, n_classes: int) -
     np.add.at(cm, (vp, vy), 1.0)
     per_class = cm.sum(axis=0)
     if (per_class == 0).any():
-        raise DataError(f"bbse_prevalence: validation lacks class(es) {np.flatnonzero(per_class == 0).tolist()}.")
+        raise DataError(
+            f"bbse_prevalence: validation lacks class(es) {np.flatnonzero(per_class == 0).tolist()}."
+        )
     c = cm / per_class
     mu = np.bincount(sp, minlength=n_classes) / len(sp)
     if abs(np.linalg.det(c)) < 1e-6:

@@ -87,14 +87,18 @@ def fit_temperature(logits: Any, y: Any, *, bias: bool = False) -> tuple[float, 
     z = np.asarray(logits, dtype=np.float64)
     yy = np.asarray(y).astype(int).reshape(-1)
     if z.ndim not in (1, 2) or len(z) != len(yy) or not len(yy):
-        raise DataError(f"fit_temperature: logits (N,) or (N, K) and y (N,) needed; got {z.shape}, {yy.shape}.")
+        raise DataError(
+            f"fit_temperature: logits (N,) or (N, K) and y (N,) needed; got {z.shape}, {yy.shape}."
+        )
     if not np.isfinite(z).all():
         raise DataError("fit_temperature: logits must be finite (clip probabilities via to_logits).")
     if len(np.unique(yy)) < 2:
         raise DataError("fit_temperature: the labels hold one class only; a temperature cannot be fitted.")
     k = 1 if z.ndim == 1 else z.shape[1]
     x0 = np.zeros(1 + (k if bias else 0))
-    res = minimize(_nll, x0, args=(z, yy, bias), method="L-BFGS-B", bounds=[(-5.0, 5.0)] + [(-20, 20)] * (len(x0) - 1))
+    res = minimize(
+        _nll, x0, args=(z, yy, bias), method="L-BFGS-B", bounds=[(-5.0, 5.0)] + [(-20, 20)] * (len(x0) - 1)
+    )
     t = float(math.exp(res.x[0]))
     if z.ndim == 1:
         return t, float(res.x[1]) if bias else 0.0
@@ -184,7 +188,9 @@ def choose_site_threshold(y: Any, p: Any, strategy: str, *, groups: Any = None) 
     t = choose_threshold(yy, pp, strategy)
     sens, spec = _rates(yy, pp, t)
     n_pat = len(yy) if groups is None else len(np.unique(np.asarray(groups)))
-    return SiteThreshold(strategy, float(t), len(yy), int(yy.sum()), int(len(yy) - yy.sum()), n_pat, sens, spec)
+    return SiteThreshold(
+        strategy, float(t), len(yy), int(yy.sum()), int(len(yy) - yy.sum()), n_pat, sens, spec
+    )
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -204,7 +210,9 @@ def _weighted_rates(w: np.ndarray, y: np.ndarray, dec: np.ndarray) -> dict[str, 
         }
 
 
-def _with_cis(y: np.ndarray, dec: np.ndarray, groups: Any, n_boot: int, seed: int, ci: float) -> dict[str, Any]:
+def _with_cis(
+    y: np.ndarray, dec: np.ndarray, groups: Any, n_boot: int, seed: int, ci: float
+) -> dict[str, Any]:
     """Point values and patient-bootstrap percentile CIs of the rates of decisions ``dec`` (N,) or (S, N)."""
     point = {k: float(v[0]) for k, v in _weighted_rates(np.ones((1, len(y))), y, dec).items()}
     boot: dict[str, list[np.ndarray]] = {k: [] for k in point}
@@ -229,7 +237,13 @@ def _check_binary(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compare_operating_points(
-    y: Any, p: Any, old_t: float, new_t: float, groups: Any = None, n_boot: int = 1000, seed: int = 0,
+    y: Any,
+    p: Any,
+    old_t: float,
+    new_t: float,
+    groups: Any = None,
+    n_boot: int = 1000,
+    seed: int = 0,
     ci: float = 0.95,
 ) -> dict[str, Any]:
     """Sensitivity / specificity / accuracy at the old and the new threshold, with patient-bootstrap CIs.
@@ -308,21 +322,38 @@ def crossfit_site_calibration(
             ceil[s, held] = pp[held] >= t_best
         thresholds.append(row)
     out: dict[str, Any] = {
-        "strategy": strategy, "folds": folds, "seeds": list(seeds), "n": len(yy), "n_pos": int(yy.sum()),
-        "n_labeled": n_labeled, "meets_minimum": bool(meets), "thresholds": thresholds,
+        "strategy": strategy,
+        "folds": folds,
+        "seeds": list(seeds),
+        "n": len(yy),
+        "n_pos": int(yy.sum()),
+        "n_labeled": n_labeled,
+        "meets_minimum": bool(meets),
+        "thresholds": thresholds,
         "site": _with_cis(yy, site, groups, n_boot, 0, ci),
-        "per_seed": [{k: float(v[0]) for k, v in _weighted_rates(np.ones((1, len(yy))), yy, d).items()} for d in site],
+        "per_seed": [
+            {k: float(v[0]) for k, v in _weighted_rates(np.ones((1, len(yy))), yy, d).items()} for d in site
+        ],
         "ceiling": _with_cis(yy, ceil, groups, n_boot, 0, ci),
     }
     if reference_threshold is not None:
-        out["before"] = {"threshold": float(reference_threshold),
-                         **_with_cis(yy, pp >= reference_threshold, groups, n_boot, 0, ci)}
+        out["before"] = {
+            "threshold": float(reference_threshold),
+            **_with_cis(yy, pp >= reference_threshold, groups, n_boot, 0, ci),
+        }
     return out
 
 
 def labeled_size_curve(
-    y: Any, p: Any, groups: Any, strategy: str, sizes: tuple[int, ...] = (25, 50, 100, 200), *,
-    repeats: int = 5, n_boot: int = 200, ci: float = 0.95,
+    y: Any,
+    p: Any,
+    groups: Any,
+    strategy: str,
+    sizes: tuple[int, ...] = (25, 50, 100, 200),
+    *,
+    repeats: int = 5,
+    n_boot: int = 200,
+    ci: float = 0.95,
 ) -> list[dict[str, Any]]:
     """Cross-fitted site figures against the number of labeled images used to choose the threshold.
 
@@ -334,8 +365,17 @@ def labeled_size_curve(
     rows = []
     for size in sizes:
         r = crossfit_site_calibration(
-            y, p, groups, strategy, seeds=tuple(range(repeats)), n_labeled=int(size), n_boot=n_boot, ci=ci,
+            y,
+            p,
+            groups,
+            strategy,
+            seeds=tuple(range(repeats)),
+            n_labeled=int(size),
+            n_boot=n_boot,
+            ci=ci,
             check_size=False,
         )
-        rows.append({k: r[k] for k in ("n_labeled", "meets_minimum", "site", "ceiling", "thresholds", "per_seed")})
+        rows.append(
+            {k: r[k] for k in ("n_labeled", "meets_minimum", "site", "ceiling", "thresholds", "per_seed")}
+        )
     return rows

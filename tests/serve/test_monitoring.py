@@ -128,6 +128,9 @@ def test_fastapi_wiring_labels_route_templates():
     assert client.get("/nowhere").status_code == 404
     text = client.get("/metrics").text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    got = {(s.labels["route"], s.labels["status"]): s.value for s in fams["lungxray_requests"].samples
-           if s.name == "lungxray_requests_total"}
+    got = {
+        (s.labels["route"], s.labels["status"]): s.value
+        for s in fams["lungxray_requests"].samples
+        if s.name == "lungxray_requests_total"
+    }
     assert got[("/runs/{name}", "200")] == 2 and got[("other", "404")] == 1

@@ -54,8 +54,13 @@ class ShiftResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "statistic": self.statistic, "p_value": self.p_value, "fired": self.fired, "n_ref": self.n_ref,
-            "n_sample": self.n_sample, "alpha": self.alpha, "summary": self.summary,
+            "statistic": self.statistic,
+            "p_value": self.p_value,
+            "fired": self.fired,
+            "n_ref": self.n_ref,
+            "n_sample": self.n_sample,
+            "alpha": self.alpha,
+            "summary": self.summary,
             "per_feature": [{"name": n, "statistic": s, "p_value": p} for n, s, p in self.per_feature],
         }
 
@@ -71,10 +76,14 @@ def _as_2d(x: Any, what: str) -> np.ndarray:
 
 def _summary(p: float, fired: bool, n: int, worst: str) -> str:
     if fired:
-        return (f"this set differs from the training data (p = {p:.2g}, n = {n}, mostly in {worst}): the "
-                "figures below may not hold for it")
-    return (f"no evidence that this set differs from the training data (p = {p:.2g}, n = {n}); this does "
-            "not prove that it matches")
+        return (
+            f"this set differs from the training data (p = {p:.2g}, n = {n}, mostly in {worst}): the "
+            "figures below may not hold for it"
+        )
+    return (
+        f"no evidence that this set differs from the training data (p = {p:.2g}, n = {n}); this does "
+        "not prove that it matches"
+    )
 
 
 def shift_test(
@@ -132,7 +141,9 @@ def shift_test(
     worst = min(per, key=lambda t: t[2])[0]
     fired = bool(p < alpha)
     stat = float(max(s for _, s, _ in per))
-    return ShiftResult(stat, p, fired, len(ref), len(smp), _summary(p, fired, len(smp), worst), alpha, tuple(per))
+    return ShiftResult(
+        stat, p, fired, len(ref), len(smp), _summary(p, fired, len(smp), worst), alpha, tuple(per)
+    )
 
 
 class DriftMonitor:
@@ -148,7 +159,9 @@ class DriftMonitor:
         if len(ref) < 5:
             raise DataError(f"DriftMonitor needs a reference of at least 5 rows; got {len(ref)}.")
         if not 5 <= min_samples <= window:
-            raise DataError(f"need 5 <= min_samples <= window; got min_samples={min_samples}, window={window}.")
+            raise DataError(
+                f"need 5 <= min_samples <= window; got min_samples={min_samples}, window={window}."
+            )
         self.reference = ref
         self.alpha = float(alpha)
         self.min_samples = int(min_samples)

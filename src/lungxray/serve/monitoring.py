@@ -42,20 +42,28 @@ class Monitoring:
 
         self.registry = CollectorRegistry(auto_describe=True)
         r, p = self.registry, prefix
-        self.requests = Counter(f"{p}_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=r)
-        self.latency = Histogram(f"{p}_request_seconds", "Request latency by route", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            f"{p}_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            f"{p}_request_seconds", "Request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge(f"{p}_queue_depth", "Images waiting for the model", registry=r)
         self.predictions = Counter(f"{p}_predictions", "Images predicted", registry=r)
         self.ood_flagged = Counter(f"{p}_ood_flagged", "Images flagged out of distribution", registry=r)
-        self.scores = Histogram(f"{p}_score", "Model score of predicted images", buckets=SCORE_BUCKETS,
-                                registry=r)
-        self.ood_distance = Histogram(f"{p}_ood_distance", "Mahalanobis OOD distance of predicted images",
-                                      buckets=DISTANCE_BUCKETS, registry=r)
+        self.scores = Histogram(
+            f"{p}_score", "Model score of predicted images", buckets=SCORE_BUCKETS, registry=r
+        )
+        self.ood_distance = Histogram(
+            f"{p}_ood_distance",
+            "Mahalanobis OOD distance of predicted images",
+            buckets=DISTANCE_BUCKETS,
+            registry=r,
+        )
         self.drift_gauge = Gauge(f"{p}_drift", "1 while the drift check fires, else 0", registry=r)
-        self.drift_p = Gauge(f"{p}_drift_p_value", "p-value of the last drift check (NaN before one)",
-                             registry=r)
+        self.drift_p = Gauge(
+            f"{p}_drift_p_value", "p-value of the last drift check (NaN before one)", registry=r
+        )
         self.drift_p.set(math.nan)
         self.monitor = drift
 
@@ -64,7 +72,9 @@ class Monitoring:
         self.requests.labels(route=route, status=str(status)).inc()
         self.latency.labels(route=route).observe(max(0.0, float(seconds)))
 
-    def observe_prediction(self, ood_distance: float | None, ood_flag: bool | None, score: float | None) -> None:
+    def observe_prediction(
+        self, ood_distance: float | None, ood_flag: bool | None, score: float | None
+    ) -> None:
         """Record one predicted image (None values, e.g. a run without OOD statistics, are skipped)."""
         self.predictions.inc()
         if ood_flag:

@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lungxray.evaluation.metrics import choose_threshold
 from lungxray.evaluation.shift import DriftMonitor, shift_test
 from lungxray.prevalence import bbse_prevalence, bootstrap_prevalence, em_prevalence
 from lungxray.resampling import grouped_folds
 from lungxray.runcard import RunCard
 from lungxray.site import (
     apply_temperature,
+    compare_operating_points,
     crossfit_site_calibration,
     fit_temperature,
     labeled_size_curve,
@@ -194,7 +196,8 @@ def shift_figures(run, data_root, val, test, n_sample, n_null, rng_seed) -> dict
     # drift stream: reference = one patient half of val; stream the other half, then the NIH images
     fold = grouped_folds(val["y"], val["patient"], folds=2, seed=1)
     quiet = DriftMonitor(ref[fold == 0], window=200, min_samples=50)
-    for d, s in ref[fold == 1][:200]:
+    stream = ref[fold == 1]
+    for d, s in stream[np.random.default_rng(2).permutation(len(stream))[:200]]:  # arrival order: random
         quiet.update(d, s)
     loud = DriftMonitor(ref[fold == 0], window=200, min_samples=50)
     nih = out["external"].get("nih_sample", {}).get("_features")
@@ -254,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     res["prevalence"] = prevalence_figures(val, test, threshold, train_prior, min(args.n_boot, 300))
     seeds = tuple(range(args.seeds))
+    t_val_strategy = choose_threshold(val["y"], val["score"], args.strategy)
+    # before: the run's threshold and the same strategy chosen on validation, both applied to test
+    res["before"] = compare_operating_points(
+        test["y"], test["score"], threshold, t_val_strategy, test["patient"], n_boot=args.n_boot
+    )
     res["site"] = crossfit_site_calibration(
         test["y"],
         test["score"],

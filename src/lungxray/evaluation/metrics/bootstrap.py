@@ -46,7 +46,7 @@ class BootstrapCI(tuple):
         return f"BootstrapCI(low={self[0]:.4g}, high={self[1]:.4g}, used={self.used}/{self.n})"
 
 
-def _patient_codes(n_items: int, groups: Any) -> np.ndarray:
+def patient_codes(n_items: int, groups: Any = None) -> np.ndarray:
     """(N,) patient index of each image, 0..P-1 in sorted id order; each image alone without groups."""
     if groups is None:
         return np.arange(n_items)
@@ -70,7 +70,7 @@ def bootstrap_weights(
 
     Row b, column i = how many times replicate b drew the patient of image i.
     """
-    codes = _patient_codes(n_items, groups)
+    codes = patient_codes(n_items, groups)
     n_patients = int(codes.max()) + 1 if n_items else 0
     chunk = max(1, min(n, _MAX_CELLS // max(n_items, 1)))
     rows: list[np.ndarray] = []
@@ -93,7 +93,7 @@ def bootstrap_indices(
     patient, so images of one patient stay together (their errors are correlated). Same draws as
     ``bootstrap_weights``: ``np.bincount(indices)`` is its weight row.
     """
-    codes = _patient_codes(n_items, groups)
+    codes = patient_codes(n_items, groups)
     order = np.argsort(codes, kind="stable")  # rows grouped by patient
     sizes = np.bincount(codes)
     starts = np.cumsum(sizes) - sizes

@@ -183,3 +183,16 @@ def test_load_audit_set_lung_masks_gives_normals_and_masks(tmp_path):
     x, y, paths, gt = load_audit_set(run, DATA_ROOT / "lung_masks", max_images=3)
     assert x.shape == (3, 64, 64) and x.dtype == np.uint8 and (y == 0).all() and len(paths) == 3
     assert gt is not None and gt.shape == x.shape and gt.dtype == bool and 0.1 < gt.mean() < 0.5
+
+
+def test_cli_without_lungs_prints_the_skip_note(tmp_path, capsys):
+    from lungxray.cli import main
+
+    require_data(DATA_ROOT / "lung_masks")
+    run = make_random_run(tmp_path / "cls", size=64)
+    try:
+        main(["audit-shortcuts", str(run), "--data", str(DATA_ROOT / "lung_masks"), "--max-images", "2"])
+    except SystemExit as exc:
+        assert not exc.code
+    out = " ".join(capsys.readouterr().out.split())
+    assert "skipped" in out and "train-lungs" in out

@@ -351,7 +351,7 @@ def load_audit_set(
                 raise DataError(f"{root} has classes {list(m.classes)}; the run expects {list(card.classes)}.")
         part = m.split(split)
         m = part if len(part) else m
-        paths, y = list(m.paths), m.targets()
+        paths, y = list(m.paths), m.targets
     keep = np.arange(len(paths))
     if max_images is not None and max_images < len(paths):
         keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))

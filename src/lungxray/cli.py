@@ -313,11 +313,12 @@ def train_lungs(
     size: Annotated[int, Opt(help="Input side in pixels.")] = 128,
     epochs: Annotated[int, Opt(help="Epochs.")] = 20,
     seed: Annotated[int, Opt(help="Random seed.")] = 0,
+    threads: Annotated[int, Opt(help="CPU threads (1 is fastest on a shared machine).")] = 1,
 ) -> None:
     """Train the lung-field U-Net (for the shortcut audit); prints held-out Dice per source."""
     from lungxray.segmentation import train_lung_model
 
-    r = train_lung_model(data, out, size=size, epochs=epochs, seed=seed, log=console.print)
+    r = train_lung_model(data, out, size=size, epochs=epochs, seed=seed, threads=threads, log=console.print)
     console.print(json.dumps({"run": str(r.run_dir), "heldout_dice": r.heldout_dice, "seconds": round(r.seconds)}))
 
 

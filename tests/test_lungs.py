@@ -18,6 +18,7 @@ from lungxray.segmentation import dice, load_lung_model, predict_lung_masks, tra
 from lungxray.segmentation.train import load_lung_data, split_by_source  # noqa: E402
 
 LUNG_MASKS = DATA_ROOT / "lung_masks"
+pytestmark = pytest.mark.usefixtures("one_thread")  # 2 threads spin-wait on the shared CPU
 
 
 @pytest.fixture(scope="module")

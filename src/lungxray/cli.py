@@ -306,6 +306,39 @@ def tune(
     console.print(f"[green]best config written to {result['best_config']}[/]")
 
 
+@app.command("train-lungs")
+def train_lungs(
+    data: Annotated[str, typer.Argument(help="lung_masks folder (index.csv: image, mask, source, finding).")],
+    out: Annotated[str, Opt(help="Run directory to write.")] = "runs/lungs",
+    size: Annotated[int, Opt(help="Input side in pixels.")] = 128,
+    epochs: Annotated[int, Opt(help="Epochs.")] = 20,
+    seed: Annotated[int, Opt(help="Random seed.")] = 0,
+    threads: Annotated[int, Opt(help="CPU threads (1 is fastest on a shared machine).")] = 1,
+) -> None:
+    """Train the lung-field U-Net (for the shortcut audit); prints held-out Dice per source."""
+    from lungxray.segmentation import train_lung_model
+
+    r = train_lung_model(data, out, size=size, epochs=epochs, seed=seed, threads=threads, log=console.print)
+    console.print(json.dumps({"run": str(r.run_dir), "heldout_dice": r.heldout_dice, "seconds": round(r.seconds)}))
+
+
+@app.command("audit-shortcuts")
+def audit_shortcuts(
+    run: Annotated[str, typer.Argument(help="Classifier run directory.")],
+    lungs: Annotated[str | None, Opt(help="Lung-field run (lungxray train-lungs).")] = None,
+    data: Annotated[str | None, Opt(help="Data folder or lung_masks folder (default: the run's data).")] = None,
+    split: Annotated[str, Opt(help="Split to audit.")] = "test",
+    max_images: Annotated[int | None, Opt(help="Seeded subsample of the images.")] = None,
+    bootstrap: Annotated[int, Opt(help="Bootstrap resamples for the AUC CIs.")] = 200,
+) -> None:
+    """Grad-CAM mass inside / outside the lung fields and AUC with the lungs blanked; prints JSON."""
+    from lungxray.evaluation.shortcut import audit_shortcuts as run_audit
+    from lungxray.evaluation.shortcut import load_audit_set
+
+    x, y, paths, _ = load_audit_set(run, data, split, max_images=max_images)
+    console.print_json(json.dumps(run_audit(run, lungs, x, y, paths, n_boot=bootstrap)))
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (a skipped file, an undefined metric) as one line, not a source excerpt."""
     err.print(f"[yellow]warning:[/] {message}")

@@ -42,7 +42,9 @@ from lungxray.errors import RunError, check_option
 
 SCHEMA_VERSION = 2
 FILENAME = "model.json"
-TASKS = ("binary", "multiclass", "multilabel")
+# "segmentation": a lung-field model (lungxray.segmentation); classes ("lung",), its calibration
+# threshold is the mask threshold on the per-pixel probability.
+TASKS = ("binary", "multiclass", "multilabel", "segmentation")
 # Keys a version-1 model.json must have to be upgraded.
 _V1_REQUIRED = ("architecture", "classes", "task", "input_size", "in_chans", "normalization")
 

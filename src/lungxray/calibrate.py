@@ -114,7 +114,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str = "binary", max
         return loss
 
     opt.step(nll)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def calibrate(

@@ -222,7 +222,7 @@ class Calibrate(Callback):
         from lungxray.calibrate import calibrate, training_card
 
         c = trainer.cfg
-        model = trainer.best_model()
+        model = best_model(trainer)
         fitted = calibrate(
             model, trainer.data.images, trainer.m.targets, task=trainer.task, val_rows=trainer.val_idx,
             strategy=c.eval.threshold, train_rows=trainer.train_idx, seed=c.train.seed,
@@ -239,6 +239,18 @@ class Calibrate(Callback):
             parameters=int(sum(p.numel() for p in model.parameters())),
         )  # fmt: skip
         card.write(trainer.run_dir)
+
+
+def best_model(trainer: Trainer) -> torch.nn.Module:
+    """The trainer's ``eval_model()`` loaded with best.safetensors (best epoch by the validation monitor)."""
+    from safetensors.torch import load_file
+
+    best = trainer.run_dir / "best.safetensors"
+    if not best.is_file():
+        raise RunError("no epoch produced a finite validation score; check the data and learning rate.")
+    model = trainer.eval_model()
+    model.load_state_dict(load_file(str(best), device=str(trainer.device)))
+    return model
 
 
 def _as_list(values) -> list[float] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from rich.console import Console
 
 from lungxray.config import Config
@@ -72,3 +73,17 @@ def prepare_data(cfg: Config, *, progress: bool = True, console: Console | None 
         "images_per_s": cached.images_per_s,
     }
     return PreparedData(manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats)
+
+
+def epoch_order(m: Manifest, train_idx: np.ndarray, balance: str, g: torch.Generator) -> np.ndarray:
+    """Train row indices for one epoch: a permutation, or (``balance == "sampler"``, not multilabel)
+    class-balanced sampling with replacement; drawn from ``g``."""
+    n = len(train_idx)
+    if balance == "sampler" and m.task != "multilabel":
+        y = np.asarray(m.targets)[train_idx].astype(int)
+        counts = np.bincount(y)
+        w = torch.as_tensor(1.0 / counts[y], dtype=torch.float64)
+        pick = torch.multinomial(w, n, replacement=True, generator=g).numpy()
+    else:
+        pick = torch.randperm(n, generator=g).numpy()
+    return train_idx[pick]

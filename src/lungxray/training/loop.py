@@ -23,12 +23,11 @@ from lungxray.data.augment import Augment
 from lungxray.errors import DataError, RunError
 from lungxray.inference import DEFAULT_NORMALIZATION, fast_paths, predict_batches, resolve_device, to_input
 from lungxray.models.factory import create_model
-from lungxray.models.parts import freeze_backbone
 from lungxray.models.registry import model_spec
 from lungxray.training.callbacks import Callback, OnEpoch, load_checkpoint, standard_callbacks
-from lungxray.training.data import PreparedData
+from lungxray.training.data import PreparedData, epoch_order
 from lungxray.training.losses import class_weights, logit, loss_fn, validation_scores
-from lungxray.training.optim import EMA, make_optimizer, make_scheduler
+from lungxray.training.optim import EMA, frozen_at, phase_optimizer
 from lungxray.training.state import TrainResult, TrainState
 
 
@@ -46,18 +45,10 @@ class Trainer:
         result = trainer.fit()            # TrainResult: best_epoch, best_score, threshold, history
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        data: PreparedData,
-        *,
-        callbacks: Sequence[Callback] | None = None,
-        console: Console | None = None,
-        progress: bool = True,
-    ):
-        self.cfg, self.data, self.m = cfg, data, data.manifest
+    def __init__(self, cfg: Config, data: PreparedData, *, callbacks: Sequence[Callback] | None = None,
+                 console: Console | None = None, progress: bool = True):  # fmt: skip
+        self.cfg, self.data, self.m, self.progress = cfg, data, data.manifest, progress
         self.console = console or Console(quiet=not progress)
-        self.progress = progress
         self.callbacks = list(callbacks) if callbacks is not None else None
         self.run_dir: Path = cfg.run_dir
         self.device = resolve_device(cfg.train.device)
@@ -72,13 +63,8 @@ class Trainer:
             raise DataError("the train split holds a single class; a classifier needs at least two.")
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(
-        self,
-        *,
-        resume: bool = False,
-        stop_after: int | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    ) -> TrainResult:
+    def fit(self, *, resume: bool = False, stop_after: int | None = None,
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:  # fmt: skip
         """Train; write the run directory through the callbacks; return a summary.
 
         ``stop_after`` ends after that many epochs in this call (as an interruption would: no
@@ -91,7 +77,7 @@ class Trainer:
             raise RunError(f"cannot resume: {run / 'checkpoint.pt'} does not exist.")
         callbacks = standard_callbacks(c, progress=self.progress) if self.callbacks is None else self.callbacks
         callbacks = sorted([*callbacks, *([OnEpoch(on_epoch)] if on_epoch else [])], key=lambda cb: cb.order)
-        self._setup_torch()
+        _setup_torch(c, self.device)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         state = TrainState()
         with torch.random.fork_rng(devices=devices):
@@ -123,8 +109,7 @@ class Trainer:
                         break
                 else:
                     state.stop = True  # every epoch ran
-                finished = state.stop  # early stopping or the last epoch; not an interruption
-                if finished:
+                if state.stop:  # early stopping or the last epoch; not an interruption (stop_after)
                     for cb in callbacks:
                         cb.on_fit_end(self, state)
             except BaseException as exc:
@@ -138,12 +123,8 @@ class Trainer:
     def _train_epoch(self, epoch: int, g: torch.Generator, callbacks, state: TrainState) -> dict[str, Any]:
         c = self.cfg.train
         self.model.train()
-        if self.frozen:  # frozen BatchNorm statistics stay fixed
-            for mod in self.model.modules():
-                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in mod.parameters()
-                ):
-                    mod.eval()
+        if self.frozen:
+            _fix_frozen_batchnorm(self.model)
         order = self._epoch_order(g)
         for cb in callbacks:
             cb.on_epoch_start(self, state, epoch, len(order))
@@ -174,13 +155,6 @@ class Trainer:
                 "images_per_s": seen / seconds}  # fmt: skip
 
     # -- setup --------------------------------------------------------------------------------
-    def _setup_torch(self) -> None:
-        if self.cfg.train.threads:
-            torch.set_num_threads(self.cfg.train.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.deterministic = self.cfg.train.deterministic
-            torch.backends.cudnn.benchmark = not self.cfg.train.deterministic
-
     def _build(self) -> None:
         """Model (drawing its initial weights from the seeded global RNG), loss weights, EMA, augment, phase 0."""
         c = self.cfg
@@ -200,34 +174,17 @@ class Trainer:
         self._set_phase(0)
 
     def _frozen_at(self, epoch: int) -> bool:
-        t = self.cfg.model.transfer
-        return t == "freeze" or (t == "freeze-then-finetune" and epoch < self.cfg.model.freeze_epochs)
+        return frozen_at(self.cfg.model, epoch)
 
     def _set_phase(self, epoch: int) -> None:
         """(Re)build optimizer and scheduler for the phase (frozen / all layers) that ``epoch`` is in."""
-        c, mc = self.cfg.train, self.cfg.model
-        frozen = self._frozen_at(epoch)
-        params = freeze_backbone(self.model, frozen)
-        staged = mc.transfer == "freeze-then-finetune"
-        lr = c.lr * (mc.finetune_lr_scale if staged and not frozen else 1.0)
-        start = mc.freeze_epochs if staged and not frozen else 0
-        end = mc.freeze_epochs if staged and frozen else c.epochs
-        total = max(1, (end - start) * self.steps_per_epoch)
-        self.frozen = frozen
-        self.optimizer = make_optimizer(c.optimizer, params, lr, c.weight_decay, c.momentum)
-        self.scheduler = make_scheduler(self.optimizer, c, lr, total, self.steps_per_epoch)
+        self.frozen = self._frozen_at(epoch)
+        self.optimizer, self.scheduler = phase_optimizer(self.model, self.cfg, epoch, self.steps_per_epoch)
 
     # -- batches ------------------------------------------------------------------------------
     def _epoch_order(self, g: torch.Generator) -> np.ndarray:
         """Train row indices for one epoch: a permutation, or class-balanced sampling with replacement."""
-        n = len(self.train_idx)
-        if self.cfg.train.balance == "sampler" and self.task != "multilabel":
-            y = np.asarray(self.m.targets)[self.train_idx].astype(int)
-            w = torch.as_tensor(1.0 / np.bincount(y)[y], dtype=torch.float64)
-            pick = torch.multinomial(w, n, replacement=True, generator=g).numpy()
-        else:
-            pick = torch.randperm(n, generator=g).numpy()
-        return self.train_idx[pick]
+        return epoch_order(self.m, self.train_idx, self.cfg.train.balance, g)
 
     def _batch(self, rows: np.ndarray, g: torch.Generator) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(self.data.images[np.sort(rows)]))
@@ -252,17 +209,6 @@ class Trainer:
         model.load_state_dict(self.ema.shadow)
         return model
 
-    def best_model(self) -> torch.nn.Module:
-        """``eval_model()`` loaded with best.safetensors (the best epoch by the validation monitor)."""
-        from safetensors.torch import load_file
-
-        best = self.run_dir / "best.safetensors"
-        if not best.is_file():
-            raise RunError("no epoch produced a finite validation score; check the data and learning rate.")
-        model = self.eval_model()
-        model.load_state_dict(load_file(str(best), device=str(self.device)))
-        return model
-
     def predict(self, model: torch.nn.Module, rows: np.ndarray, *, features: bool = False):
         """Probabilities (and penultimate features) of the given rows, through the shared inference path."""
         return predict_batches(
@@ -278,3 +224,20 @@ class Trainer:
             logits = torch.as_tensor(logit(prob, self.task))
             vloss = loss_fn(self.task, logits, self.targets[self.val_idx], None, 0.0).item()
         return {**validation_scores(self.task, self.val_y, prob), "loss": vloss}
+
+
+def _setup_torch(cfg: Config, device: torch.device) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = cfg.train.deterministic
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+
+
+def _fix_frozen_batchnorm(model: torch.nn.Module) -> None:
+    """Frozen BatchNorm layers keep their running statistics (eval mode) while the rest trains."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in mod.parameters()
+        ):
+            mod.eval()

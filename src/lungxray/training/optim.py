@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from lungxray.config import TrainConfig
+from lungxray.config import Config, ModelConfig, TrainConfig
+from lungxray.models.parts import freeze_backbone
 
 
 def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -48,6 +49,29 @@ def make_scheduler(
         )
     schedule = "cosine" if c.schedule == "onecycle" else c.schedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total, warmup, schedule))
+
+
+def frozen_at(m: ModelConfig, epoch: int) -> bool:
+    """Whether the backbone is frozen in (0-based) ``epoch``: ``transfer`` freeze, or freeze-then-finetune
+    before ``freeze_epochs``."""
+    return m.transfer == "freeze" or (m.transfer == "freeze-then-finetune" and epoch < m.freeze_epochs)
+
+
+def phase_optimizer(
+    model: torch.nn.Module, cfg: Config, epoch: int, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Freeze or unfreeze ``model``'s backbone for the phase ``epoch`` is in; that phase's optimizer and
+    schedule (a staged fine-tune runs at ``finetune_lr_scale`` x lr over its own epochs)."""
+    c, mc = cfg.train, cfg.model
+    frozen = frozen_at(mc, epoch)
+    params = freeze_backbone(model, frozen)
+    staged = mc.transfer == "freeze-then-finetune"
+    lr = c.lr * (mc.finetune_lr_scale if staged and not frozen else 1.0)
+    start = mc.freeze_epochs if staged and not frozen else 0
+    end = mc.freeze_epochs if staged and frozen else c.epochs
+    total = max(1, (end - start) * steps_per_epoch)
+    optimizer = make_optimizer(c.optimizer, params, lr, c.weight_decay, c.momentum)
+    return optimizer, make_scheduler(optimizer, c, lr, total, steps_per_epoch)
 
 
 class EMA:

@@ -34,7 +34,7 @@ from lungxray.rundir import save_weights, write_history
 from lungxray.training.state import HISTORY_FIELDS, TrainResult, TrainState
 
 # ``trainer`` below is a lungxray.training.loop.Trainer (not imported: the loop imports this module).
-Trainer = Any
+TrainerLike = Any
 
 
 class Callback:
@@ -42,17 +42,17 @@ class Callback:
 
     order = 50
 
-    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None: ...
+    def on_fit_start(self, trainer: TrainerLike, state: TrainState) -> None: ...
 
-    def on_epoch_start(self, trainer: Trainer, state: TrainState, epoch: int, n: int) -> None: ...
+    def on_epoch_start(self, trainer: TrainerLike, state: TrainState, epoch: int, n: int) -> None: ...
 
-    def on_batch_end(self, trainer: Trainer, state: TrainState, n: int, mean_loss: float) -> None: ...
+    def on_batch_end(self, trainer: TrainerLike, state: TrainState, n: int, mean_loss: float) -> None: ...
 
-    def on_epoch_end(self, trainer: Trainer, state: TrainState, scores: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: TrainerLike, state: TrainState, scores: dict[str, float]) -> None: ...
 
-    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None: ...
+    def on_fit_end(self, trainer: TrainerLike, state: TrainState) -> None: ...
 
-    def on_fit_exit(self, trainer: Trainer, state: TrainState, error: BaseException | None) -> None: ...
+    def on_fit_exit(self, trainer: TrainerLike, state: TrainState, error: BaseException | None) -> None: ...
 
 
 class History(Callback):
@@ -75,7 +75,7 @@ class Checkpoint(Callback):
         save_checkpoint(trainer, state, trainer.run_dir / "checkpoint.pt")
 
 
-def save_checkpoint(trainer: Trainer, state: TrainState, path: Path) -> None:
+def save_checkpoint(trainer: TrainerLike, state: TrainState, path: Path) -> None:
     """Everything needed to resume exactly, written atomically (our own file: plain tensors and numbers)."""
     scalars, history = state.to_checkpoint()
     cuda = trainer.device.type == "cuda"
@@ -96,7 +96,7 @@ def save_checkpoint(trainer: Trainer, state: TrainState, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(trainer: Trainer, path: Path) -> TrainState:
+def load_checkpoint(trainer: TrainerLike, path: Path) -> TrainState:
     """Restore model, optimizer, schedule, EMA and every RNG of a built ``trainer`` from ``path``."""
     try:
         # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves the rest to the model
@@ -241,7 +241,7 @@ class Calibrate(Callback):
         card.write(trainer.run_dir)
 
 
-def best_model(trainer: Trainer) -> torch.nn.Module:
+def best_model(trainer: TrainerLike) -> torch.nn.Module:
     """The trainer's ``eval_model()`` loaded with best.safetensors (best epoch by the validation monitor)."""
     from safetensors.torch import load_file
 

@@ -190,3 +190,18 @@ def test_train_and_evaluate_need_no_optional_package(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loaded: []" in proc.stdout
     assert (out / "model.safetensors").is_file() and (out / "eval" / "test" / "report.html").is_file()
+
+
+def test_calibrate_writes_a_new_run_and_leaves_the_original(tiny_run, tmp_path, capsys):
+    before = (tiny_run / "model.json").read_bytes()
+    out = tmp_path / "recal"
+    code = run_cli(["calibrate", str(tiny_run), "--strategy", "max-f1", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "run written to" in flat(captured.out) and "max-f1" in captured.out
+    assert (tiny_run / "model.json").read_bytes() == before
+    card = RunCard.read(out)
+    assert [c.strategy for c in card.calibrations] == [RunCard.read(tiny_run).calibration.strategy, "max-f1"]
+    code = run_cli(["calibrate", str(tiny_run), "--out", str(out), "--quiet"])  # never over a run
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in flat(err) and "Traceback" not in err

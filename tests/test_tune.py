@@ -264,3 +264,38 @@ def test_six_trial_search_with_median_pruning_is_quick(tmp_path):
     assert result["n_trials"] == 6 and result["n_complete"] + result["n_pruned"] == 6
     assert result["n_pruned"] >= 1
     assert result["best_value"] > 0.8
+
+
+def test_trials_skip_the_calibrate_stage(tmp_path, monkeypatch):
+    """A trial runs the training loop only: no calibrate call, no OOD fit, no learning-curve figure,
+    no model.json; its best epoch's weights and history are still there."""
+    import lungxray.calibrate
+    import lungxray.evaluation.plots
+    from lungxray.tune import tune
+
+    require_data()
+    calls: list[str] = []
+
+    def count(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    count(lungxray.calibrate, "calibrate")
+    count(lungxray.calibrate, "fit_gaussian")
+    count(lungxray.evaluation.plots, "learning_curves")
+    overrides = {**TINY, "data.cache_dir": str(tmp_path / "cache"), "train.epochs": 1}
+    result = tune(
+        CHEST_XRAY, space=TINY_SPACE, trials=2, out=tmp_path / "t", overrides=overrides, progress=False,
+        pruner="none",
+    )  # fmt: skip
+    assert result["n_complete"] == 2
+    assert calls == []
+    for trial in sorted((tmp_path / "t" / "trials").iterdir()):
+        files = {p.name for p in trial.iterdir()}
+        assert {"config.yaml", "splits.csv", "history.csv", "best.safetensors"} <= files
+        assert not files & {"model.json", "model.safetensors", "figures", "checkpoint.pt"}, trial

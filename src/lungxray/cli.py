@@ -164,6 +164,28 @@ def train(
 
 
 @app.command()
+def calibrate(
+    run: Annotated[str, typer.Argument(help="A finished run directory.")],
+    strategy: Annotated[
+        str | None, Opt(help="youden | max-f1 | sensitivity>=X | specificity>=X | 0.5 (default: the run's).")
+    ] = None,
+    out: Annotated[str | None, Opt(help="The NEW run directory (default: RUN-recalibrated).")] = None,
+    quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Choose a new operating point on the run's validation split; writes a copy of RUN with the new
+    calibration appended to its history (RUN itself is never changed)."""
+    from lungxray.calibrate import calibrate_run
+
+    target = out or f"{str(run).rstrip('/')}-recalibrated"
+    card = calibrate_run(run, strategy=strategy, out=target, progress=not quiet)
+    cal = card.calibration
+    console.print(
+        f"[green]run written to {target}[/]  calibration {len(card.calibrations)}: {cal.strategy} on "
+        f"{cal.n} val images, threshold(s) {card.threshold_map()}"
+    )
+
+
+@app.command()
 def evaluate(
     run: Annotated[str, typer.Argument(help="Run directory.")],
     data: Annotated[

@@ -1,7 +1,8 @@
 """Optuna search over config fields, scored on the VALIDATION split only; test rows never reach a trial.
 
 ``tune(data, space=...)`` samples dotted config keys from a YAML search space (see ``parse_space``),
-trains one run per trial under ``out/trials/trial_<n>``, prunes poor trials from their per-epoch
+trains one run per trial under ``out/trials/trial_<n>`` (the training loop only: config.yaml, splits.csv,
+history.csv and best.safetensors; no calibrate stage, so no threshold, OOD fit, model.json or figure), prunes poor trials from their per-epoch
 validation score, and writes ``trials.csv``, ``best.yaml`` (ready for ``lungxray train --config``) and
 figures. The study lives in SQLite (default ``out/study.db``), so an interrupted search resumes.
 Optuna is imported inside functions: ``import lungxray`` never needs it.
@@ -372,7 +373,7 @@ def tune(
     """
     import optuna
 
-    from lungxray.training import Trainer, prepare_data
+    from lungxray.training import OptunaPruning, Trainer, prepare_data, standard_callbacks
 
     console = console or Console(quiet=not progress)
     check_option(metric, MONITORS, "tune metric")
@@ -427,16 +428,13 @@ def tune(
             trial.set_user_attr("run_dir", str(run_dir))
             bar.start(trial.number, cfg.train.epochs)
 
-            def on_epoch(epoch: int, scores: dict[str, float]) -> None:
-                value = scores[metric]
-                bar.epoch(epoch + 1, value)
-                if math.isfinite(value):
-                    trial.report(value, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch + 1}: val {metric} {value:.4f}")
-
+            # the loop without the calibrate stage: no threshold, OOD fit, model.json or figure per trial
+            callbacks = [
+                *standard_callbacks(cfg, progress=False, calibrate=False),
+                OptunaPruning(trial, metric, report=bar.epoch),
+            ]
             try:
-                result = Trainer(cfg, prepared[key], console=quiet, progress=False).fit(on_epoch=on_epoch)
+                result = Trainer(cfg, prepared[key], callbacks=callbacks, console=quiet, progress=False).fit()
             finally:  # a trial is never resumed: its resume checkpoint only costs disk
                 (run_dir / "checkpoint.pt").unlink(missing_ok=True)
             trial.set_user_attr("best_epoch", result.best_epoch)

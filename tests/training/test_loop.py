@@ -1,91 +1,47 @@
-"""The Trainer on tiny subsets of the real data: run directories, resume, transfer, balance, thresholds.
+"""The training loop (Trainer) on tiny subsets of the real data: run directories, transfer, balance,
+bad input, CUDA fast paths on CPU, speed.
 
 Every training here is seconds long: tens of images at 32-64 px, one or two epochs, one thread.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from helpers_training import (  # noqa: E402
+    COVID,
+    NIH,
+    RUN_FILES,
+    _copy_images,
+    assert_same_weights,
+    fit,
+    head_names,
+    make_cfg,
+    read_csv,
+    splits_val_rows,
+    weights_of,
+)
+from safetensors.torch import save_file
 
-from conftest import CHEST_XRAY, DATA_ROOT, require_data  # noqa: E402
-from lungxray.config import Config, load_config
-from lungxray.data.manifest import Manifest
+from conftest import CHEST_XRAY, require_data  # noqa: E402
+from lungxray.config import load_config
 from lungxray.errors import DataError, ModelError, RunError
 from lungxray.inference import DEFAULT_NORMALIZATION, predict_batches, to_input
 from lungxray.models.factory import create_model
-from lungxray.models.parts import head_parameters
 from lungxray.models.registry import model_spec
 from lungxray.runcard import RunCard
 from lungxray.rundir import OOD_PREFIX, load_run, read_history
 from lungxray.training import (
     Trainer,
-    class_weights,
-    loss_fn,
-    lr_multiplier,
     prepare_data,
     train,
 )
 
-COVID = DATA_ROOT / "covid19"
-NIH = DATA_ROOT / "nih_sample"
-RUN_FILES = ("config.yaml", "model.safetensors", "model.json", "splits.csv", "history.csv")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_cfg(out: Path, cache_dir: Path, data: Path = CHEST_XRAY, **overrides) -> Config:
-    """A seconds-long recipe: 60 images at 32 px, 1 epoch of cnn-small (width 8), batch 16."""
-    require_data(data)
-    base = {
-        "name": out.name,
-        "out": str(out),
-        "data.path": str(data),
-        "data.cache_dir": str(cache_dir),
-        "data.size": 32,
-        "data.max_images": 60,
-        "model.kwargs": {"width": 8},
-        "train.epochs": 1,
-        "train.batch_size": 16,
-        "train.deterministic": True,  # on a GPU machine too, exact-resume tests stay exact
-    }
-    return load_config(None, {**base, **overrides})
-
-
-def fit(cfg: Config, **kw):
-    """prepare_data + Trainer.fit; returns (trainer, result)."""
-    trainer = Trainer(cfg, prepare_data(cfg, progress=False), progress=False)
-    return trainer, trainer.fit(**kw)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as fh:
-        return list(csv.DictReader(fh))
-
-
-def weights_of(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=0), k
-
-
-def head_names(model: torch.nn.Module) -> set[str]:
-    head = {id(p) for p in head_parameters(model)}
-    return {n for n, p in model.named_parameters() if id(p) in head}
 
 
 # ------------------------------------------------------------------------------ every reference model
@@ -188,46 +144,6 @@ def test_multilabel_nih_thresholds_per_label(tmp_path, cache_dir):
     assert all(len(s) == 1 for s in by_patient.values())
 
 
-# ------------------------------------------------------------------------------ resume
-RESUME_CASES = {
-    # 1 of 3 epochs, then resumed: EMA of weights, warm-up + cosine schedule
-    "ema-cosine": {"train.epochs": 3, "train.ema": 0.9, "train.schedule": "cosine", "train.warmup_epochs": 1},
-    # interrupted exactly where the frozen phase ends: one-cycle per phase, balanced sampler
-    "freeze-then-finetune": {
-        "train.epochs": 2,
-        "model.transfer": "freeze-then-finetune",
-        "model.freeze_epochs": 1,
-        "train.balance": "sampler",
-    },
-}
-
-
-@pytest.mark.parametrize("case", list(RESUME_CASES))
-def test_resume_is_exact(tmp_path, cache_dir, case):
-    """Interrupted after epoch 1 and resumed by a NEW Trainer == the same run uninterrupted."""
-    settings = {"train.batch_size": 8, "data.max_images": 40, **RESUME_CASES[case]}
-    epochs = settings["train.epochs"]
-    cfg_a = make_cfg(tmp_path / "a", cache_dir, **settings)
-    fit(cfg_a)
-
-    cfg_b = make_cfg(tmp_path / "b", cache_dir, **settings)
-    _, partial = fit(cfg_b, stop_after=1)
-    assert partial.epochs_run == 1
-    assert (tmp_path / "b" / "checkpoint.pt").is_file()
-    assert not (tmp_path / "b" / "model.json").exists()
-    assert len(read_history(tmp_path / "b")) == 1
-    _, result_b = fit(cfg_b, resume=True)
-    assert result_b.epochs_run == epochs
-
-    assert_same_weights(weights_of(tmp_path / "a"), weights_of(tmp_path / "b"), atol=1e-6)
-    hist_a, hist_b = read_history(tmp_path / "a"), read_history(tmp_path / "b")
-    assert len(hist_a) == len(hist_b) == epochs
-    for column in ("train_loss", "lr", "val_loss"):
-        assert [r[column] for r in hist_a] == [r[column] for r in hist_b], column
-    card_a, card_b = RunCard.read(tmp_path / "a"), RunCard.read(tmp_path / "b")
-    assert card_a.threshold == card_b.threshold
-    assert card_a.training.best_epoch == card_b.training.best_epoch
-
 
 # ------------------------------------------------------------------------------ transfer learning
 def test_freeze_trains_only_the_head(tmp_path, cache_dir, tiny_run):
@@ -317,102 +233,8 @@ def test_sampler_balances_classes(tmp_path, cache_dir):
     assert sorted(plain) == sorted(trainer.train_idx)  # a permutation, each image once
 
 
-def _manifest(labels: np.ndarray, classes: tuple[str, ...], task: str) -> Manifest:
-    n = len(labels)
-    return Manifest(
-        paths=tuple(f"/x/{i}.png" for i in range(n)),
-        labels=labels.astype(np.float32),
-        classes=classes,
-        task=task,
-        patients=tuple(str(i) for i in range(n)),
-        splits=("train",) * n,
-        root="/x",
-    )
-
-
-def test_class_weights_for_known_imbalance():
-    binary = np.array([[1, 0]] * 10 + [[0, 1]] * 30)
-    w = class_weights(_manifest(binary, ("NORMAL", "PNEUMONIA"), "binary"))
-    assert w.shape == (1,)
-    assert w.item() == pytest.approx(10 / 30)  # pos_weight = negatives / positives
-
-    multi = np.eye(3)[[0] * 10 + [1] * 20 + [2] * 70]
-    w = class_weights(_manifest(multi, ("Normal", "Covid", "Viral"), "multiclass"))
-    np.testing.assert_allclose(w.numpy(), [100 / 30, 100 / 60, 100 / 210], rtol=1e-6)
-
-    nan = np.nan
-    ml = np.array([[1, 0, 0], [1, 0, nan], [0, 0, nan], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
-    w = class_weights(_manifest(ml, ("a", "b", "c"), "multilabel"))
-    # a: 2 pos / 4 neg; b: no positive -> neg / 1 = 6; c: 1 pos / 3 neg among the 4 known
-    np.testing.assert_allclose(w.numpy(), [2.0, 6.0, 3.0], rtol=1e-6)
-
-
-def test_loss_masks_nan_targets_in_multilabel():
-    logits = torch.tensor([[0.3, -1.2, 2.0], [1.5, 0.1, -0.7]], requires_grad=True)
-    target = torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, float("nan")]])
-    loss = loss_fn("multilabel", logits, target, None, 0.0)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert logits.grad[0, 1] == 0 and logits.grad[1, 2] == 0  # unknown labels contribute nothing
-    known = ~torch.isnan(target)
-    assert (logits.grad[known] != 0).all()
-    expected = F.binary_cross_entropy_with_logits(logits.detach()[known], target[known])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    # a row of unknowns only: loss 0, no NaN
-    none_known = loss_fn("multilabel", torch.zeros(1, 3), torch.full((1, 3), float("nan")), None, 0.0)
-    assert none_known.item() == 0.0
-
-
-def test_loss_label_smoothing_and_weights():
-    logits = torch.tensor([2.0, -1.0, 0.5])
-    y = torch.tensor([1.0, 0.0, 1.0])
-    smooth = loss_fn("binary", logits[:, None], y, None, 0.1)
-    expected = F.binary_cross_entropy_with_logits(logits, y * 0.9 + 0.05)
-    assert smooth.item() == pytest.approx(expected.item(), rel=1e-6)
-    weighted = loss_fn("binary", logits[:, None], y, torch.tensor([3.0]), 0.0)
-    expected = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor([3.0]))
-    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
-    mc_logits = torch.tensor([[2.0, 0.1, -1.0], [0.0, 0.5, 0.2]])
-    mc_y = torch.tensor([0, 2])
-    got = loss_fn("multiclass", mc_logits, mc_y.float(), None, 0.2)
-    assert got.item() == pytest.approx(F.cross_entropy(mc_logits, mc_y, label_smoothing=0.2).item())
-
-
-@pytest.mark.parametrize(
-    "step, total, warmup, schedule, expected",
-    [
-        (0, 100, 10, "cosine", 0.1),  # warm-up ramps linearly from 1/warmup
-        (4, 100, 10, "cosine", 0.5),
-        (9, 100, 10, "cosine", 1.0),
-        (10, 100, 10, "cosine", 1.0),  # cosine starts at the peak
-        (55, 100, 10, "cosine", 0.5),  # half way through the decay
-        (100, 100, 10, "cosine", 0.0),  # and reaches zero at the end
-        (150, 100, 10, "cosine", 0.0),  # past the end it stays there
-        (0, 100, 0, "cosine", 1.0),
-        (4, 100, 10, "constant", 0.5),
-        (10, 100, 10, "constant", 1.0),
-        (99, 100, 10, "constant", 1.0),
-        (0, 100, 0, "constant", 1.0),
-    ],
-)
-def test_lr_multiplier(step, total, warmup, schedule, expected):
-    assert lr_multiplier(step, total, warmup, schedule) == pytest.approx(expected, abs=1e-9)
-
-
-def test_lr_multiplier_cosine_is_monotone_and_ends_near_zero():
-    values = [lr_multiplier(s, 200, 20, "cosine") for s in range(200)]
-    assert all(b >= a for a, b in zip(values[:19], values[1:20], strict=True))
-    assert all(b <= a for a, b in zip(values[20:], values[21:], strict=False))
-    assert values[-1] < 1e-3
-
 
 # ------------------------------------------------------------------------------ no test-set leakage
-def _copy_images(src: Path, dst: Path, n: int) -> None:
-    dst.mkdir(parents=True)
-    for f in sorted(src.iterdir())[:n]:
-        shutil.copy(f, dst / f.name)
-
-
 def test_threshold_and_weights_ignore_test_labels(tmp_path, cache_dir):
     """Swapping the TEST folder's labels changes nothing that training chose (weights, threshold)."""
     require_data()
@@ -441,6 +263,7 @@ def test_threshold_and_weights_ignore_test_labels(tmp_path, cache_dir):
     assert a.ood.threshold == b.ood.threshold
     assert_same_weights(weights_of(runs[0]), weights_of(runs[1]))
     assert a.training.counts["val"] == b.training.counts["val"]
+
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -580,48 +403,6 @@ def test_resume_is_exact_under_autocast(tmp_path, cache_dir, fast_paths_on_cpu):
     assert_same_weights(weights_of(tmp_path / "a"), weights_of(tmp_path / "b"), atol=1e-6)
 
 
-# ------------------------------------------------------------------------------ experiment tracking
-def mlflow_runs(db: Path) -> tuple:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{db}")
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-
-def test_mlflow_tracking_logs_params_metrics_and_the_run_dir(tmp_path, cache_dir, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default store is ./mlflow.db with artifacts in ./mlruns
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = make_cfg(tmp_path / "tracked", cache_dir, **{"train.epochs": 2, "train.track": "mlflow"})
-    fit(cfg)
-
-    client, runs = mlflow_runs(tmp_path / "mlflow.db")
-    assert len(runs) == 1
-    r = runs[0]
-    assert r.info.status == "FINISHED" and r.info.run_name == "tracked"
-    assert r.data.params["train.epochs"] == "2" and r.data.params["model.name"] == "cnn-small"
-    logged = client.get_metric_history(r.info.run_id, "val_auc")
-    history = read_history(tmp_path / "tracked")
-    assert [m.step for m in logged] == [1, 2]
-    assert [m.value for m in logged] == pytest.approx([h["val_auc"] for h in history])
-    artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "run")}
-    assert {f"run/{f}" for f in RUN_FILES} <= artifacts
-
-
-def test_mlflow_run_of_an_interrupted_or_failed_training_is_closed(tmp_path, cache_dir, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
-    cfg = make_cfg(tmp_path / "cut", cache_dir, **{"train.epochs": 2, "train.track": "mlflow"})
-    fit(cfg, stop_after=1)
-
-    def boom(epoch, scores):
-        raise RuntimeError("pruned")
-
-    with pytest.raises(RuntimeError, match="pruned"):  # a second run in the same process can start
-        fit(make_cfg(tmp_path / "failed", cache_dir, **{"train.track": "mlflow"}), on_epoch=boom)
-    _, runs = mlflow_runs(tmp_path / "store.db")
-    assert {r.info.run_name: r.info.status for r in runs} == {"cut": "KILLED", "failed": "FAILED"}
-    assert not (tmp_path / "mlflow.db").exists()  # MLFLOW_TRACKING_URI was honoured
-
 
 # ------------------------------------------------------------------------------ speed
 def test_smoke_training_200_images_is_fast(tmp_path, cache_dir):
@@ -645,11 +426,3 @@ def test_smoke_training_200_images_is_fast(tmp_path, cache_dir):
     seconds = time.perf_counter() - t0
     assert result.epochs_run == 2
     assert seconds < 60, f"200-image smoke training took {seconds:.0f} s"
-
-
-def splits_val_rows(run: Path) -> list[dict[str, str]]:
-    """The validation rows of a run's splits.csv."""
-    import csv
-
-    with (run / "splits.csv").open() as fh:
-        return [r for r in csv.DictReader(fh) if r["split"] == "val"]

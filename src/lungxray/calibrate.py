@@ -1,0 +1,269 @@
+"""Calibrate: turn a trained model's validation outputs into the run's operating point and OOD check.
+
+The stage after the training loop (``lungxray.training`` calls ``calibrate`` at the end of a full run;
+tuning trials skip it) and a stage of its own on a finished run (``calibrate_run``):
+
+* ``choose_thresholds``: the binary threshold or per-label multilabel thresholds on validation
+  (``lungxray.evaluation.metrics.choose_threshold``); multiclass uses argmax and needs none.
+* ``fit_ood``: Mahalanobis statistics of penultimate training features, threshold at a quantile of
+  validation distances (``lungxray.ood``).
+* ``fit_temperature``: temperature scaling (a pure function; not applied by default).
+* ``calibrate`` = predictions + the above -> ``Calibrated``; ``training_card`` assembles the RunCard.
+* ``calibrate_run(run, strategy=...)``: a new operating point for a finished run, APPENDED to its
+  calibration history (in place, or in a copy of the run when ``out`` is given); never replacing one.
+
+Nothing here reads a test split.
+
+Example::
+
+    card = calibrate_run("runs/cpu-default", strategy="sensitivity>=0.95", out="runs/cpu-default-s95")
+    card.calibrations[-1].threshold     # the new operating point; card.calibrations[0] is training's
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungxray.config import Config
+from lungxray.data.manifest import Manifest
+from lungxray.errors import DataError, RunError
+from lungxray.evaluation.metrics import choose_threshold
+from lungxray.inference import DEFAULT_NORMALIZATION, predict_batches
+from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
+from lungxray.runcard import Calibration, OODSpec, Preprocessing, RunCard, TrainingSummary
+
+OOD_FIT_MAX = 5000  # training images whose features fit the OOD Gaussian (a seeded sample beyond that)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What ``calibrate`` chose: the calibration entry and, when fitted, the OOD spec and its arrays."""
+
+    calibration: Calibration
+    ood: OODSpec | None = None
+    ood_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # "mean" (D,), "precision" (D, D)
+
+
+def choose_thresholds(
+    task: str, y: np.ndarray, prob: np.ndarray, strategy: str
+) -> tuple[float | None, tuple[float, ...] | None]:
+    """(threshold, thresholds) chosen by ``strategy`` on validation labels ``y`` and probabilities ``prob``.
+
+    Binary: ``prob`` (N, 1), ``y`` (N,) 0/1 -> (t, None). Multilabel: ``prob`` (N, C), ``y`` (N, C) with
+    NaN unknown -> (None, one t per label; 0.5 where the known labels hold one class). Multiclass ->
+    (None, None).
+    """
+    if task == "binary":
+        return float(choose_threshold(y, prob[:, 0], strategy)), None
+    if task != "multilabel":
+        return None, None
+    thresholds = []
+    for j in range(prob.shape[1]):
+        known = ~np.isnan(y[:, j])
+        yj = y[known, j]
+        two = len(np.unique(yj)) == 2
+        thresholds.append(float(choose_threshold(yj, prob[known, j], strategy)) if two else 0.5)
+    return None, tuple(thresholds)
+
+
+def fit_ood(train_features: np.ndarray, val_features: np.ndarray, quantile: float = 0.99) -> Calibrated:
+    """Gaussian of ``train_features`` (N, D); threshold = ``quantile`` of ``val_features`` distances.
+
+    Returns a ``Calibrated`` with only ``ood`` / ``ood_arrays`` meaningful (use ``calibrate`` for both).
+    """
+    mean, precision = fit_gaussian(train_features)
+    threshold = fit_threshold(mahalanobis(val_features, mean, precision), quantile)
+    spec = OODSpec(
+        threshold=threshold,
+        dim=int(mean.shape[0]),
+        quantile=quantile,
+        fitted_on=f"{len(train_features)} train images; threshold on val",
+    )
+    return Calibrated(Calibration("0.5"), spec, {"mean": mean, "precision": precision})
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str = "binary", max_iter: int = 100) -> float:
+    """Temperature T > 0 minimising the validation NLL of ``logits / T`` (Guo et al. 2017).
+
+    Binary: ``logits`` (N,) or (N, 1), ``y`` (N,) 0/1; multiclass: (N, C) and class indices (N,);
+    multilabel: (N, C) and (N, C) 0/1 with NaN unknown. Pure: nothing is applied or stored.
+    """
+    z = torch.as_tensor(np.asarray(logits, np.float64))
+    t = torch.as_tensor(np.asarray(y, np.float64))
+    if task == "binary":
+        z, t = z.reshape(-1), t.reshape(-1)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    known = ~torch.isnan(t)
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        scaled = z / log_t.exp()
+        if task == "multiclass":
+            loss = torch.nn.functional.cross_entropy(scaled, t.long())
+        else:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(scaled[known], t[known])
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return float(log_t.detach().exp())
+
+
+def calibrate(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    *,
+    task: str,
+    val_rows: np.ndarray,
+    strategy: str,
+    train_rows: np.ndarray | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    in_chans: int = 1,
+    amp: bool = False,
+    channels_last: bool = False,
+    name: str = "training",
+) -> Calibrated:
+    """Operating point (and, given ``train_rows``, the OOD statistics) of ``model`` on validation rows.
+
+    Args:
+        images: (N, S, S) uint8 (e.g. a cache memmap); ``targets`` (N,) or (N, C) as ``Manifest.targets``.
+        val_rows / train_rows: row indices into ``images``; ``train_rows`` None skips the OOD fit.
+        strategy: threshold strategy (``eval.threshold``). seed: draws the OOD fit sample beyond 5000.
+    Returns:
+        Calibrated: Calibration(split "val", strategy, threshold(s), n) and the OOD spec and arrays.
+    """
+    device = device or torch.device("cpu")
+
+    def predict(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return predict_batches(
+            model, images[rows], task=task, normalization=DEFAULT_NORMALIZATION, device=device,
+            in_chans=in_chans, features=True, amp=amp, channels_last=channels_last,
+        )  # fmt: skip
+
+    val_prob, val_feat = predict(val_rows)
+    threshold, thresholds = choose_thresholds(task, np.asarray(targets)[val_rows], val_prob, strategy)
+    cal = Calibration(strategy=strategy, split="val", threshold=threshold, thresholds=thresholds,
+                      n=len(val_rows), name=name, created=_now())  # fmt: skip
+    if train_rows is None:
+        return Calibrated(cal)
+    rng = np.random.default_rng(seed)
+    fit_rows = (
+        train_rows if len(train_rows) <= OOD_FIT_MAX else np.sort(rng.choice(train_rows, OOD_FIT_MAX, False))
+    )
+    _, train_feat = predict(fit_rows)
+    ood = fit_ood(train_feat, val_feat)
+    return Calibrated(cal, ood.ood, ood.ood_arrays)
+
+
+def training_card(
+    cfg: Config,
+    manifest: Manifest,
+    fitted: Calibrated,
+    *,
+    in_chans: int,
+    result,
+    unreadable: int = 0,
+    device: str = "cpu",
+    parameters: int | None = None,
+) -> RunCard:
+    """The RunCard of a freshly trained run: config, classes, preprocessing, OOD, training summary and
+    the validation calibration as its first entry. ``result`` is the loop's TrainResult."""
+    c = cfg
+    return RunCard(
+        name=c.name,
+        architecture=c.model.name,
+        model_kwargs=dict(c.model.kwargs),
+        task=manifest.task,
+        classes=tuple(manifest.classes),
+        preprocessing=Preprocessing(
+            input_size=c.data.size, resize=c.data.resize, in_chans=in_chans,
+            mean=DEFAULT_NORMALIZATION["mean"], std=DEFAULT_NORMALIZATION["std"],
+        ),  # fmt: skip
+        ood=fitted.ood,
+        training=TrainingSummary(
+            data=str(c.data.path),
+            csv=c.data.csv,
+            counts={s: manifest.class_counts(s) for s in ("train", "val", "test")},
+            unreadable=unreadable,
+            epochs_run=result.epochs_run,
+            best_epoch=result.best_epoch,
+            best_val={c.train.monitor: result.best_score},
+            seconds=round(result.seconds, 2),
+            images_per_s=round(result.images_per_s, 1),
+            device=device,
+            parameters=parameters,
+        ),
+        calibrations=(fitted.calibration,),
+        created=_now(),
+    )
+
+
+def calibrate_run(
+    run: str | os.PathLike,
+    *,
+    strategy: str | None = None,
+    out: str | os.PathLike | None = None,
+    name: str = "recalibration",
+    progress: bool = False,
+) -> RunCard:
+    """A new operating point for a finished run, chosen on the val rows of its splits.csv.
+
+    The val images are read through the cache (``data.cache_dir`` of the run's config.yaml) at the
+    run's own preprocessing; the threshold(s) are chosen by ``strategy`` (default: the strategy in
+    force) and APPENDED as a new calibration entry (split "val", ``name``): every earlier entry stays.
+    The OOD statistics are kept as training fitted them.
+
+    Args:
+        out: None appends the entry to ``run``'s own model.json (nothing else changes); a path copies
+            the run there first (without checkpoint.pt and eval/, which belong to the old operating
+            point) and writes the new card in the copy, leaving ``run`` untouched. ``out`` must not exist.
+    Returns:
+        The new RunCard (as written).
+    Raises:
+        RunError: not a finished run, no splits.csv, ``out`` exists. DataError: no readable val image.
+    """
+    from lungxray.config import load_config
+    from lungxray.data.cache import cache_images
+    from lungxray.rundir import load_run
+
+    src = Path(run)
+    loaded = load_run(src)
+    card = loaded.card
+    strategy = strategy or card.threshold_strategy
+    splits = src / "splits.csv"
+    if not splits.is_file():
+        raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
+    target = Path(out) if out is not None else src
+    if out is not None and target.exists():
+        raise RunError(f"{target} already exists; calibrate_run writes a NEW run directory there.")
+    cache_dir = load_config(src / "config.yaml").data.cache_dir if (src / "config.yaml").is_file() else None
+    val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
+    cached = cache_images(val.paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=progress)
+    keep = np.flatnonzero(cached.ok)
+    if len(keep) == 0:
+        raise DataError(f"none of the {len(val)} val images of {src} could be read; did the data move?")
+    val = val.subset(keep)
+    images = np.array(cached.images[keep])
+    fitted = calibrate(
+        loaded.model, images, val.targets, task=card.task, val_rows=np.arange(len(val)), strategy=strategy,
+        in_chans=card.in_chans, name=name,
+    )  # fmt: skip
+    new = card.with_calibration(fitted.calibration)
+    if out is not None:
+        shutil.copytree(src, target, ignore=shutil.ignore_patterns("checkpoint.pt", "eval"))
+    new.write(target)
+    return new
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,89 @@
+"""The data a training run sees: manifest -> patient-grouped splits -> decoded uint8 images (``prepare_data``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from lungxray.config import Config
+from lungxray.data.cache import cache_images
+from lungxray.data.manifest import Manifest
+from lungxray.data.readers import load_manifest
+from lungxray.data.splits import assign_splits
+from lungxray.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    """A manifest with every split assigned and its images decoded: rows of failed files removed."""
+
+    manifest: Manifest
+    images: np.ndarray  # (N, S, S) uint8, aligned with manifest
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
+    cache_stats: dict[str, float] = field(default_factory=dict)
+
+
+def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
+    """Seeded subsample of ``max_images`` rows, stratified by label and split (for smoke runs)."""
+    if len(m) <= max_images:
+        return m
+    rng = np.random.default_rng(seed)
+    strata = np.array([f"{s}|{lab}" for s, lab in zip(m.splits, m.label_strings(), strict=True)])
+    keep: list[int] = []
+    for value in np.unique(strata):
+        rows = np.flatnonzero(strata == value)
+        k = max(1, round(len(rows) * max_images / len(m)))
+        keep.extend(rng.choice(rows, size=min(k, len(rows)), replace=False).tolist())
+    return m.subset(np.sort(np.array(keep)))
+
+
+def prepare_data(cfg: Config, *, progress: bool = True, console: Console | None = None) -> PreparedData:
+    """Manifest from ``cfg.data`` -> splits by patient -> cached (N, S, S) uint8 images.
+
+    Unreadable files are reported on ``console`` and dropped. Raises DataError when the train or val
+    split ends up empty.
+    """
+    d = cfg.data
+    m = load_manifest(d)
+    if d.max_images:
+        # subsample before splitting so val/test fractions stay as asked
+        m = _subsample(m, d.max_images, cfg.train.seed)
+    m = assign_splits(m, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
+    cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress)
+    if not cached.ok.all():
+        if console:
+            console.print(f"[yellow]{int((~cached.ok).sum())} unreadable image(s) skipped:[/]")
+            for path, reason in list(cached.errors.items())[:10]:
+                console.print(f"  {path}: {reason}")
+        keep = np.flatnonzero(cached.ok)
+        m = m.subset(keep)
+        images = np.asarray(cached.images)[keep]
+    else:
+        images = cached.images
+    for split in ("train", "val"):
+        if len(m.split(split)) == 0:
+            raise DataError(f"the {split} split of {d.path} is empty; add images or lower data.val_fraction.")
+    stats = {
+        "seconds": cached.build_seconds,
+        "built": cached.built,
+        "reused": cached.reused,
+        "images_per_s": cached.images_per_s,
+    }
+    return PreparedData(manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats)
+
+
+def epoch_order(m: Manifest, train_idx: np.ndarray, balance: str, g: torch.Generator) -> np.ndarray:
+    """Train row indices for one epoch: a permutation, or (``balance == "sampler"``, not multilabel)
+    class-balanced sampling with replacement; drawn from ``g``."""
+    n = len(train_idx)
+    if balance == "sampler" and m.task != "multilabel":
+        y = np.asarray(m.targets)[train_idx].astype(int)
+        counts = np.bincount(y)
+        w = torch.as_tensor(1.0 / counts[y], dtype=torch.float64)
+        pick = torch.multinomial(w, n, replacement=True, generator=g).numpy()
+    else:
+        pick = torch.randperm(n, generator=g).numpy()
+    return train_idx[pick]

@@ -194,11 +194,14 @@ def evaluate(
     split: Annotated[str, Opt(help="Split to evaluate: test | val | train.")] = "test",
     bootstrap: Annotated[int | None, Opt(help="Bootstrap resamples for CIs (default from config).")] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+    lungs: Annotated[
+        str | None, Opt(help="Lung-field run (lungxray train-lungs) for the shortcut audit.")
+    ] = None,
 ) -> None:
     """Metrics with 95% CIs at the validation-chosen threshold, figures and report.html."""
     from lungxray.evaluation.evaluate import evaluate_run, render_summary
 
-    result = evaluate_run(run, data=data, split=split, n_boot=bootstrap, progress=not quiet)
+    result = evaluate_run(run, data=data, split=split, n_boot=bootstrap, progress=not quiet, lungs=lungs)
     render_summary(result, console)
 
 

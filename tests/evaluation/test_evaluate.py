@@ -234,3 +234,30 @@ def test_multiclass_evaluation(covid_run, cache_dir):
     console = Console(record=True, width=160)
     render_summary(result, console)
     assert "Macro AUC" in console.export_text()
+
+
+def test_shortcut_audit_is_skipped_with_a_note_without_lungs(evaluated):
+    d = evaluated.metrics["shortcut"]
+    assert "skipped" in d and "train-lungs" in d["skipped"]
+    assert "train-lungs" in evaluated.report.read_text()
+
+
+def test_shortcut_audit_runs_with_a_lung_run(tiny_run, cache_dir, tmp_path, one_thread):
+    """`lungxray evaluate --lungs` adds the audit to metrics.json and the report (lung net: random weights)."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from lungxray.segmentation.model import (
+        DEFAULT_DECODER,
+        DEFAULT_ENCODER,
+        build_unet,
+        lung_card,
+        save_lung_model,
+    )
+
+    lungs = save_lung_model(tmp_path / "lungs", lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    run = _copy_run(tiny_run, tmp_path / "run")
+    result = evaluate_run(run, n_boot=20, progress=False, cache_dir=cache_dir, lungs=lungs)
+    d = result.metrics["shortcut"]
+    assert d["n"] == result.metrics["n"] and d["mask_model"] == "lungs"
+    assert set(d["occlusion"]) >= {"plain", "lungs_blanked", "only_lungs"}
+    assert d["occlusion"]["plain"]["auc"] == pytest.approx(result.metrics["auc"]["value"], abs=1e-6)
+    assert "Shortcut audit" in result.report.read_text()

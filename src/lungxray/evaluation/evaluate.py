@@ -279,6 +279,7 @@ def evaluate_run(
     *,
     device: str = "auto",
     console: Console | None = None,
+    lungs: str | Path | None = None,
 ) -> EvalResult:
     """Evaluate a run on a split at its stored threshold and write metrics, predictions, figures, report.
 
@@ -290,6 +291,9 @@ def evaluate_run(
         n_boot: bootstrap resamples for the CIs (by patient); default the run's ``eval.bootstrap``.
         progress: show progress bars. ``cache_dir``: image cache (default the run's ``data.cache_dir``).
         device: "auto" (CUDA if available), "cpu", "cuda:N".
+        lungs: a lung-field run (``lungxray train-lungs``) for the shortcut audit (Grad-CAM mass in
+            and outside the lungs, AUC with the lungs blanked / only the lungs kept); None records
+            the audit as skipped with a note on how to enable it.
 
     Returns:
         EvalResult; ``metrics`` is the metrics.json body (``evaluate_predictions`` plus run, data,
@@ -381,6 +385,10 @@ def evaluate_run(
         disclaimer=DISCLAIMER,
     )
 
+    from lungxray.evaluation.shortcut import audit_shortcuts
+
+    y_audit = m.targets if task == "binary" else np.zeros(len(m), int)
+    body.update(audit_shortcuts(run_dir, lungs, images, y_audit, list(m.paths), seed=cfg.train.seed))
     pred = card.decide(prob)
     _write_predictions(out_dir / "predictions.csv", m, prob, pred)
     _write_figures(out_dir / "figures", m, prob, pred, body, card, run_dir, images)

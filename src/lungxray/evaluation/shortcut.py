@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from lungxray.errors import LungXrayError, check_option
+from lungxray.evaluation.metrics import roc_auc
+from lungxray.evaluation.metrics.bootstrap import bootstrap_weights, percentile_ci
 
 BANDS = {"bottom": 0.15, "top": 0.15, "left": 0.10, "right": 0.10}
 REGIONS = ("lungs", "outside", *BANDS)
@@ -128,12 +130,11 @@ def occlude(x: np.ndarray, region: np.ndarray, fill: str = "mean") -> np.ndarray
     return out
 
 
-def _auc(y: np.ndarray, s: np.ndarray, w: np.ndarray | None = None) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y if w is None else y[w > 0])) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, s, sample_weight=w))
+def _auc(y: np.ndarray, s: np.ndarray, w: np.ndarray | None = None) -> Any:
+    """ROC AUC through the metrics package: a float, or (B,) for (B, N) bootstrap weights; NaN with one class."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a one-class set: NaN, said once by auc_table
+        return roc_auc(y, s, sample_weight=w)
 
 
 def auc_table(
@@ -159,23 +160,21 @@ def auc_table(
         "delta_ci"?}, "n", "n_pos", "n_boot"}``.
     """
     y = np.asarray(y).astype(int).reshape(-1)
-    groups = np.asarray(groups if groups is not None else np.arange(len(y))).astype(str)
-    _, gidx = np.unique(groups, return_inverse=True)
-    n_groups = int(gidx.max()) + 1 if len(gidx) else 0
     single = len(np.unique(y)) < 2
     if single:
         warnings.warn("occlusion AUC needs both classes; this set has one, so AUC is NaN.", stacklevel=2)
-    rng = np.random.default_rng(seed)
-    weights = [np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[gidx] for _ in range(n_boot)]
+    weights = None
+    if not single and n_boot > 0:
+        weights = np.concatenate(list(bootstrap_weights(len(y), groups=groups, n=n_boot, seed=seed)))
     boot: dict[str, np.ndarray] = {}
     out: dict[str, Any] = {}
     for cond, s in scores.items():
         s = np.asarray(s, np.float64).reshape(-1)
-        row: dict[str, Any] = {"auc": _auc(y, s), "mean_score": float(s.mean()) if len(s) else float("nan")}
+        row: dict[str, Any] = {"auc": float(_auc(y, s)), "mean_score": float(s.mean()) if len(s) else float("nan")}
         if threshold is not None:
             row["positive_rate"] = float((s >= threshold).mean()) if len(s) else float("nan")
-        if not single and n_boot > 0:
-            boot[cond] = np.array([_auc(y, s, w) for w in weights])
+        if weights is not None:
+            boot[cond] = np.asarray(_auc(y, s, weights), np.float64)
             row["ci"] = _ci(boot[cond])
         out[cond] = row
     base = next(iter(scores), None)
@@ -188,8 +187,7 @@ def auc_table(
 
 
 def _ci(values: np.ndarray) -> list[float]:
-    v = values[np.isfinite(values)]
-    return [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] if len(v) else [float("nan")] * 2
+    return [float(v) for v in percentile_ci(np.asarray(values, np.float64))]
 
 
 def occlusion_auc(

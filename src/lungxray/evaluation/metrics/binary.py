@@ -147,8 +147,16 @@ def _ranking(
 ) -> dict[str, Any]:
     """AUC and/or average precision from one sort; warns (except for (B, N) weights) with one class."""
     pos, neg = _score_groups(y, s, ck.as_rows(w, len(s)))
-    if (w is None or w.ndim == 1) and not (pos.sum() > 0 and neg.sum() > 0):
+    one_sample = w is None or w.ndim == 1
+    if one_sample and not (pos.sum() > 0 and neg.sum() > 0):
         ck.warn_single_class(what, stacklevel=4)
+    elif one_sample and np.isfinite(s).all():
+        # a point estimate: scikit-learn's own value, to the last bit (training compares epochs by
+        # it, and a one-ulp difference between two implementations can flip an exact tie)
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        sk = {"auc": roc_auc_score, "average_precision": average_precision_score}
+        return {name: float(sk[name](y, s, sample_weight=w)) for name in names}
     fns = {"auc": _auc, "average_precision": _average_precision}
     return {name: ck.result(fns[name](pos, neg), w) for name in names}
 

@@ -136,6 +136,7 @@ def heatmap(
     Raises:
         ModelError: the architecture has no convolutional map (mlp) or ``layer`` is unknown.
         ConfigError: unknown method or target class.
+        ValueError: ``image`` is not a usable (H, W) image.
     """
     from lungxray.predict import Source, predict_records
 

@@ -200,6 +200,22 @@ class OnnxBackend:
         return np.concatenate(probs).astype(np.float32), np.concatenate(feats).astype(np.float32)
 
 
+def load_backend(
+    name: str, loaded, device: torch.device, *, features: bool = True
+) -> TorchBackend | OnnxBackend:
+    """The backend ``name`` ("torch" | "onnx") for a loaded run (``rundir.LoadedRun``).
+
+    Raises:
+        ConfigError: unknown name. RunError: as ``OnnxBackend.load``.
+    """
+    from lungxray.errors import check_option
+
+    check_option(name, BACKENDS, "prediction backend")
+    if name == "onnx":
+        return OnnxBackend.load(loaded.path)
+    return TorchBackend(loaded.model, loaded.card.task, loaded.card.preprocessing, device, features=features)
+
+
 def file_sha1(path) -> str:
     """Hex SHA-1 of a file, read 1 MiB at a time (ties model.onnx to its model.safetensors)."""
     import hashlib

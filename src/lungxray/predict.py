@@ -262,8 +262,8 @@ class Predictor:
 
     expand_inputs = staticmethod(expand_inputs)
 
-    def __init__(self, loaded: Any, *, backend: str = "torch", device: str = "cpu", session: Any = None):
-        from lungxray.inference import OnnxBackend, TorchBackend, resolve_device
+    def __init__(self, loaded: Any, *, backend: str = "torch", device: str = "cpu"):
+        from lungxray.inference import load_backend, resolve_device
 
         self.run_dir = Path(loaded.path)
         self.card = loaded.card
@@ -272,16 +272,8 @@ class Predictor:
         self.model.to(self.device).eval()
         self._ood_mean = loaded.ood.get("mean")
         self._ood_precision = loaded.ood.get("precision")
-        check_option(backend, BACKENDS, "prediction backend")
-        # the backend is chosen once; the forward path below never asks which one it is
-        if backend == "onnx":
-            self.backend: Any = (
-                OnnxBackend(session) if session is not None else OnnxBackend.load(self.run_dir)
-            )
-        else:
-            self.backend = TorchBackend(
-                self.model, self.card.task, self.card.preprocessing, self.device, features=self.has_ood
-            )
+        # chosen once: the forward path (predict_images) never asks which backend it has
+        self.backend: Any = load_backend(backend, loaded, self.device, features=self.has_ood)
         self._hook_lock = threading.Lock()
         self._hook_model: Any = None
 

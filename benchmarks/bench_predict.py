@@ -1,12 +1,15 @@
 """CPU prediction latency and throughput, Grad-CAM latency, and the OOD AUROC of a trained run.
 
     python benchmarks/bench_predict.py [--run runs/tiny] [--threads 1] [--calls 100] [--onnx]
+                                       [--heatmaps 30] [--no-latency]
 
 Timed models: cnn-small at 128 px and resnet18 at 224 px, with random weights (speed does not depend on
 the weights), written as run directories in a temporary folder. Latency is one real X-ray file per
 call (decode + resize + forward + OOD), p50/p95 over ``--calls`` calls after warm-up; throughput is
 ``predict_paths`` over 256 files at batch 64. The OOD AUROC (test-split X-rays vs ~50 generated non-CXR
-images, see tests/test_predict.py) needs a trained run: ``--run``. Prints a markdown table.
+images, see tests/test_predict.py) needs a trained run: ``--run``. ``--heatmaps N`` times
+``lungxray predict RUN <N files> --heatmaps DIR --out CSV`` in-process (the whole verb: decode,
+forward, Grad-CAM, overlay figures, CSV), wall and CPU time per file, best of ``--repeats``. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -54,10 +57,48 @@ def bench_run(name: str, predictor: Predictor, files: list[Path], calls: int) ->
     results = predictor.predict_paths(batch, batch_size=64)
     throughput = len(results) / (time.perf_counter() - t)
     row = {"model": name, "p50": p50, "p95": p95, "throughput": throughput, "cam": None}
-    if predictor.backend == "torch":
+    if getattr(predictor.backend, "name", predictor.backend) == "torch":
         image = read_image(files[0])
         row["cam"] = percentiles(lambda: heatmap(predictor, image), max(10, calls // 5), warmup=2)[0]
     return row
+
+
+def bench_cli_heatmaps(
+    run: Path, files: list[Path], tmp: Path, repeats: int = 3, render: bool = True
+) -> tuple[float, float]:
+    """Milliseconds per file of ``lungxray predict RUN files --heatmaps DIR --out CSV``: wall time and
+    process CPU time (less sensitive to other load on a shared machine), each the best of ``repeats``.
+
+    ``render=False`` replaces ``save_figure`` by a no-op, which times the prediction pass and Grad-CAM
+    without matplotlib's rendering and PNG encoding (most of the time on a CPU).
+    """
+    import contextlib
+    import io
+
+    import lungxray.evaluation.plots as plots
+    from lungxray.cli import main as cli
+
+    if not render:
+        plots.save_figure = lambda fig, path, dpi=120: Path(path)
+
+    def once(tag: str, inputs: list[Path]) -> tuple[float, float]:
+        argv = [
+            "predict",
+            str(run),
+            *map(str, inputs),
+            "--heatmaps",
+            str(tmp / tag),
+            "--out",
+            str(tmp / f"{tag}.csv"),
+        ]
+        t, c = time.perf_counter(), time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            cli(argv)
+        return time.perf_counter() - t, time.process_time() - c
+
+    once("warm", files[:2])
+    times = [once(f"maps{i}", files) for i in range(repeats)]
+    return 1000 * min(w for w, _ in times) / len(files), 1000 * min(c for _, c in times) / len(files)
 
 
 def main() -> None:
@@ -67,16 +108,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--onnx", action="store_true", help="also time the ONNX Runtime backend")
+    ap.add_argument("--heatmaps", type=int, default=0, help="time `predict --heatmaps` over this many files")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency / throughput table")
+    ap.add_argument("--no-render", action="store_true", help="--heatmaps without rendering the figures")
+    ap.add_argument("--repeats", type=int, default=3, help="--heatmaps: best of this many runs")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     files = sorted((args.data / "test").rglob("*.jpeg"))
     if len(files) < 64:
         sys.exit(f"need the chest_xray test images under {args.data}")
-    rows = []
+    rows, cam_rows = [], []
     with tempfile.TemporaryDirectory(prefix="lungxray-bench-") as tmp:
         for arch, size in (("cnn-small", 128), ("resnet18", 224)):
             run = make_random_run(Path(tmp) / arch, arch=arch, size=size)
+            if args.heatmaps:
+                wall, cpu_ms = bench_cli_heatmaps(
+                    run, files[: args.heatmaps], Path(tmp) / f"{arch}-maps", args.repeats, not args.no_render
+                )
+                cam_rows.append((f"{arch} {size} px", min(args.heatmaps, len(files)), wall, cpu_ms))
+            if args.no_latency:
+                continue
             rows.append(bench_run(f"{arch} {size} px (torch)", Predictor.load(run), files, args.calls))
             if args.onnx:
                 from lungxray.export import export_onnx
@@ -88,12 +140,24 @@ def main() -> None:
 
     cpu = os.cpu_count()
     print(f"\nCPU: {cpu} cores visible, torch threads {args.threads}, torch {torch.__version__}.")
-    print("Latency: one file per call (decode + resize + forward + OOD). Throughput: batch 64, 256 files.\n")
-    print("| model | latency p50 (ms) | latency p95 (ms) | throughput (images/s) | Grad-CAM p50 (ms) |")
-    print("|---|---:|---:|---:|---:|")
+    if rows:
+        print(
+            "Latency: one file per call (decode + resize + forward + OOD). Throughput: batch 64, 256 files.\n"
+        )
+        print("| model | latency p50 (ms) | latency p95 (ms) | throughput (images/s) | Grad-CAM p50 (ms) |")
+        print("|---|---:|---:|---:|---:|")
     for r in rows:
         cam = "-" if r["cam"] is None else f"{r['cam']:.1f}"
         print(f"| {r['model']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['throughput']:.0f} | {cam} |")
+    if cam_rows:
+        how = ", figures not rendered" if args.no_render else ""
+        print(
+            f"\n`lungxray predict RUN FILES --heatmaps DIR --out CSV`, in-process, best of {args.repeats}{how}:\n"
+        )
+        print("| model | files | wall ms per file | CPU ms per file |")
+        print("|---|---:|---:|---:|")
+        for name, n, wall, cpu_ms in cam_rows:
+            print(f"| {name} | {n} | {wall:.1f} | {cpu_ms:.1f} |")
     if args.run is not None:
         trained = Predictor.load(args.run)
         auroc, xray, other = ood_auroc(trained, args.run)

@@ -388,3 +388,88 @@ def test_cli_predict_writes_rows_and_exits_1_when_a_file_fails(tiny_run: Path, t
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(tiny_run), str(good[0]), "--out", str(tmp_path / "pred.txt")])
     assert exc.value.code == 2  # ConfigError: printed without a traceback
+
+
+# ------------------------------------------------------------------------------- one prediction pass
+
+
+def test_records_stream_in_order_lazily_with_errors_and_the_model_input(
+    predictor: Predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One record per input, in order; decoding is lazy (one batch ahead at most); x is the cache's input."""
+    import lungxray.data.imageio as imageio
+
+    reads: list[str] = []
+    real = imageio.read_image
+    monkeypatch.setattr(imageio, "read_image", lambda p, **kw: reads.append(str(p)) or real(p, **kw))
+    good = xray_files(4)
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    inputs = [good[0], good[1], bad, good[2], good[3]]
+    stream = predictor.records(inputs, batch_size=2)
+    first = next(stream)
+    assert reads == [str(good[0]), str(good[1])]  # only the first batch has been decoded
+    records = [first, *stream]
+    assert reads == [str(p) for p in inputs]  # every input decoded exactly once
+    assert [r.name for r in records] == [str(p) for p in inputs]
+    assert records[2].error.startswith("empty file") and records[2].prediction.error == records[2].error
+    assert records[2].image is None and records[2].x is None and records[2].prob is None
+    expected = predictor.predict_paths(inputs)
+    for rec, pred in zip(records, expected, strict=True):
+        assert rec.prediction.path == pred.path and rec.prediction.label == pred.label
+        if rec.error is None:
+            assert rec.image.dtype == np.float32 and rec.image.ndim == 2
+            assert rec.x.dtype == np.uint8 and rec.x.shape == (predictor.input_size,) * 2
+            np.testing.assert_array_equal(rec.x, predictor.preprocess(real(rec.name)))
+            assert rec.prob.shape == (1,) and rec.prediction.score == pytest.approx(float(rec.prob[0]))
+            assert rec.ood_score == pytest.approx(pred.ood_score, rel=1e-5)
+            assert rec.prediction.score == pytest.approx(pred.score, abs=1e-6)
+            assert rec.seconds["decode"] > 0 and rec.seconds["predict"] > 0
+
+
+def test_cli_predict_with_heatmaps_decodes_each_file_once(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lungxray predict RUN files --heatmaps DIR --out CSV`: one read, one preprocess and one batched
+    forward (probabilities) per file; Grad-CAM's own forward is separate."""
+    import lungxray.data.imageio as imageio
+    import lungxray.data.preprocess as preprocess
+    from lungxray.cli import main
+
+    reads: list[str] = []
+    resized: list[tuple[int, ...]] = []
+    forwards: list[int] = []
+    real_read, real_resize, real_forward = (
+        imageio.read_image,
+        preprocess.to_model_input,
+        Predictor.predict_images,
+    )
+    monkeypatch.setattr(imageio, "read_image", lambda p, **kw: reads.append(str(p)) or real_read(p, **kw))
+    monkeypatch.setattr(
+        preprocess,
+        "to_model_input",
+        lambda img, *a, **kw: resized.append(img.shape) or real_resize(img, *a, **kw),
+    )
+
+    def counted(self, images, batch_size=32):
+        forwards.append(len(images))
+        return real_forward(self, images, batch_size)
+
+    monkeypatch.setattr(Predictor, "predict_images", counted)
+    files = xray_files(3)
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    inputs = [files[0], bad, files[1], files[2]]
+    out, maps = tmp_path / "pred.csv", tmp_path / "maps"
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tiny_run), *map(str, inputs), "--out", str(out), "--heatmaps", str(maps)])
+    assert exc.value.code == 1  # the empty file failed; the others were predicted
+    assert sorted(reads) == sorted(str(p) for p in inputs)  # each file read exactly once
+    assert len(resized) == 3  # each readable file preprocessed exactly once
+    assert forwards == [3]  # one batched forward pass for the probabilities
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [Path(r["path"]).name for r in rows] == [p.name for p in inputs]
+    assert rows[1]["error"].startswith("empty file") and all(rows[i]["error"] == "" for i in (0, 2, 3))
+    assert sorted(p.name for p in maps.glob("*.png")) == sorted(
+        f"{f.stem}_PNEUMONIA_gradcam.png" for f in files
+    )

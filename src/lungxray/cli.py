@@ -229,11 +229,17 @@ def predict(
     from lungxray.predict import Predictor, render_predictions, write_predictions
 
     predictor = Predictor.load(run)
-    results = predictor.predict_paths(predictor.expand_inputs(inputs), batch_size=batch_size)
+    writer = None
     if heatmaps:
-        from lungxray.explain import explain_results
+        from lungxray.explain import HeatmapWriter
 
-        explain_results(predictor, results, heatmaps)
+        writer = HeatmapWriter(predictor, heatmaps)
+    results = []
+    # one pass: each record (decoded once) feeds the heatmaps, then only its Prediction is kept
+    for rec in predictor.records(predictor.expand_inputs(inputs), batch_size=batch_size):
+        if writer is not None:
+            writer.write(rec)
+        results.append(rec.prediction)
     if out:
         write_predictions(results, out)
     render_predictions(results, console)
@@ -274,7 +280,9 @@ def export(
 
 
 @app.command("upgrade-run")
-def upgrade_run(run: Annotated[str, typer.Argument(help="Run directory written by an older lungxray.")]) -> None:
+def upgrade_run(
+    run: Annotated[str, typer.Argument(help="Run directory written by an older lungxray.")],
+) -> None:
     """Rewrite an old run's model.json in the current format (the old file is kept as model.v1.json)."""
     from lungxray.runcard import upgrade_run as upgrade
 

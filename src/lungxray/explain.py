@@ -8,16 +8,26 @@ cam_target_layer`` names for the architecture; models without a spatial map (``m
 Targets: binary runs explain the positive class by default (the single logit; asking for the
 negative class flips its sign); multiclass runs the predicted class; multilabel runs the most likely
 label (``explain_files`` writes one heatmap per positive label). Pass ``target="<class>"`` to choose.
+The rules are the RunCard's (``card.explain_target`` / ``card.explain_targets``).
+
+Heatmaps consume prediction records (``predict.Record``): ``explain_record`` runs Grad-CAM on the
+record's model input ``x`` with targets from its ``prob``, and ``HeatmapWriter`` writes the overlay
+figures, so an image is never decoded, preprocessed or scored a second time for its heatmap (Grad-CAM's
+own forward pass, with hooks on a private model copy, is the only other one).
 
 Example::
 
     predictor = Predictor.load("runs/kermany")
-    heat = heatmap(predictor, read_image("chest.png"))          # (S, S) float32 in [0, 1]
-    png = to_png_bytes(overlay(read_image("chest.png"), heat))   # (S, S, 3) uint8 -> PNG bytes
+    writer = HeatmapWriter(predictor, "maps")
+    for rec in predictor.records(["chest.png"]):
+        (target, heat), *_ = explain_record(predictor, rec).items()  # default class; (S, S) float32
+        writer.write(rec)                                            # maps/chest_<class>_gradcam.png
+    png = to_png_bytes(overlay(rec.x, heat))                          # (S, S, 3) uint8 -> PNG bytes
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import warnings
@@ -27,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lungxray.errors import DataError, ImageReadError, check_option
+from lungxray.errors import DataError, check_option
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from lungxray.predict import Prediction, Predictor
+    from lungxray.predict import Predictor, Record
 
 METHODS = ("gradcam", "gradcam++")
 CMAP = "jet"
@@ -51,14 +61,6 @@ class _SignedLogit:
 
     def __call__(self, model_output: Any) -> Any:
         return self.sign * model_output.reshape(-1)[0]
-
-
-def _resolve_targets(predictor: Predictor, prob: np.ndarray, target: str | None) -> list[str]:
-    """The class explained for each image (N,): ``target`` if given, else the default rule."""
-    if target is not None:
-        check_option(target, predictor.classes, "target class")
-        return [target] * len(prob)
-    return [predictor.card.explain_target(p) for p in prob]
 
 
 def _cam_target(predictor: Predictor, name: str) -> Any:
@@ -134,12 +136,40 @@ def heatmap(
     Raises:
         ModelError: the architecture has no convolutional map (mlp) or ``layer`` is unknown.
         ConfigError: unknown method or target class.
+        ValueError: ``image`` is not a usable (H, W) image.
     """
-    x = predictor.preprocess(np.asarray(image, np.float32))[None]
-    prob, _ = predictor.predict_images(x)
-    return heatmaps_for_inputs(
-        predictor, x, _resolve_targets(predictor, prob, target), method=method, layer=layer
-    )[0]
+    from lungxray.predict import Source, predict_records
+
+    check_option(method, METHODS, "heatmap method")
+    src = Source("<image>", lambda: np.asarray(image, np.float32))
+    rec = next(predict_records(predictor, [src], batch_size=1))
+    if rec.error is not None:
+        raise ValueError(f"not a usable image: {rec.error}")
+    chosen = predictor.card.explain_target(rec.prob) if target is None else target
+    return explain_record(predictor, rec, [chosen], method=method, layer=layer)[chosen]
+
+
+def explain_record(
+    predictor: Predictor,
+    record: Record,
+    targets: Sequence[str] | None = None,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Heatmaps of one prediction record: {class: (S, S) float32 in [0, 1]}.
+
+    Grad-CAM runs on the record's own model input ``record.x`` (nothing is decoded or preprocessed
+    again); ``targets`` default to ``card.explain_targets(record.prob)`` (binary the positive class,
+    multiclass the predicted one, multilabel each positive label or the top one). A record with an
+    ``error`` has no heatmap: {}.
+    """
+    if record.error is not None or record.x is None:
+        return {}
+    chosen = list(targets) if targets is not None else predictor.card.explain_targets(record.prob)
+    x = np.repeat(np.asarray(record.x)[None], len(chosen), axis=0)
+    maps = heatmaps_for_inputs(predictor, x, chosen, method=method, layer=layer)
+    return dict(zip(chosen, maps, strict=True))
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -278,44 +308,84 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
 
 
-def _explain_one(
-    predictor: Predictor,
-    path: Path,
-    image: np.ndarray,
-    prob: np.ndarray,
-    targets: list[str],
-    out_dir: Path,
-    method: str,
-    layer: str | None,
-    used: set[str],
-) -> tuple[list[Path], list[tuple[np.ndarray, np.ndarray, str]]]:
-    """Heatmaps of one image for each target -> overlay PNGs written and grid panels."""
-    from lungxray.evaluation.plots import save_figure
-
-    x = predictor.preprocess(image)[None].repeat(len(targets), axis=0)
-    maps = heatmaps_for_inputs(predictor, x, targets, method=method, layer=layer)
-    scores = predictor.make_prediction("", prob, None).probabilities
-    written, panels = [], []
-    for t, heat in zip(targets, maps, strict=True):
-        stem = f"{_safe(path.stem)}_{_safe(t)}_{method.replace('+', 'p')}"
-        name, k = stem, 1
-        while name in used:  # two inputs with the same stem
-            k += 1
-            name = f"{stem}_{k}"
-        used.add(name)
-        title = f"{path.name}\n{t}: p={scores[t]:.2f} ({method})"
-        fig = overlay_figure(predictor, image, heat, title)
-        written.append(save_figure(fig, out_dir / f"{name}.png"))
-        shown, hmap = _display_pair(predictor, image, heat)
-        panels.append((shown, hmap, f"{path.name[:24]}\n{t} p={scores[t]:.2f}"))
-    return written, panels
+def _thumb(panel: tuple[np.ndarray, np.ndarray, str], side: int = 256) -> tuple[np.ndarray, np.ndarray, str]:
+    """Shrink a panel for the grid so memory stays bounded (about 0.5 MB per panel)."""
+    shown, hmap, title = panel
+    h, w = shown.shape
+    k = min(1.0, side / max(h, w))
+    size = (max(1, round(h * k)), max(1, round(w * k)))
+    return _resize(shown, size), _resize(hmap, size), title
 
 
-def _targets_for(predictor: Predictor, prob: np.ndarray, target: str | None) -> list[str]:
-    """Classes to explain for one image: multilabel without a target -> each positive label (or the top)."""
-    if target is None:
-        return predictor.card.explain_targets(prob)
-    return _resolve_targets(predictor, prob[None], target)
+class HeatmapWriter:
+    """Consumes prediction records: one overlay PNG per record and explained class, and (``grid``)
+    the first ``GRID_MAX`` of them as ``grid.png`` on ``finish()``.
+
+    Each record's heatmaps come from ``explain_record`` (its own ``x`` and ``prob``); its decoded
+    ``image`` is used for the display and may be dropped afterwards. Records with an ``error`` are
+    skipped (their row says why).
+
+    Example::
+
+        writer = HeatmapWriter(predictor, "maps")
+        for rec in predictor.records(paths):
+            writer.write(rec)
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        out_dir: str | os.PathLike,
+        *,
+        method: str = "gradcam",
+        target: str | None = None,
+        layer: str | None = None,
+        grid: bool = False,
+    ):
+        check_option(method, METHODS, "heatmap method")
+        if target is not None:
+            check_option(target, predictor.classes, "target class")
+        self.predictor, self.out_dir = predictor, Path(out_dir)
+        self.method, self.target, self.layer, self.grid = method, target, layer, grid
+        self.written: list[Path] = []
+        self._panels: list[tuple[np.ndarray, np.ndarray, str]] = []
+        self._used: set[str] = set()
+
+    def write(self, record: Record) -> list[Path]:
+        """Write the overlays of one record; returns their paths ([] for an error record)."""
+        from lungxray.evaluation.plots import save_figure
+
+        if record.error is not None or record.image is None:
+            return []
+        targets = None if self.target is None else [self.target]
+        maps = explain_record(self.predictor, record, targets, method=self.method, layer=self.layer)
+        scores = record.prediction.probabilities
+        path = Path(record.name)
+        files = []
+        for t, heat in maps.items():
+            stem = f"{_safe(path.stem)}_{_safe(t)}_{self.method.replace('+', 'p')}"
+            name, k = stem, 1
+            while name in self._used:  # two inputs with the same stem
+                k += 1
+                name = f"{stem}_{k}"
+            self._used.add(name)
+            title = f"{path.name}\n{t}: p={scores[t]:.2f} ({self.method})"
+            fig = overlay_figure(self.predictor, record.image, heat, title)
+            files.append(save_figure(fig, self.out_dir / f"{name}.png"))
+            if self.grid and len(self._panels) < GRID_MAX:
+                shown, hmap = _display_pair(self.predictor, record.image, heat)
+                self._panels.append(_thumb((shown, hmap, f"{path.name[:24]}\n{t} p={scores[t]:.2f}")))
+        self.written.extend(files)
+        return files
+
+    def finish(self) -> list[Path]:
+        """Write ``grid.png`` (when ``grid`` and something was written); returns every written path."""
+        from lungxray.evaluation.plots import save_figure
+
+        if self.grid and self.written:
+            fig = grid_figure(self._panels, total=len(self.written))
+            self.written.append(save_figure(fig, self.out_dir / "grid.png"))
+        return self.written
 
 
 def explain_files(
@@ -341,95 +411,41 @@ def explain_files(
     Raises:
         DataError: no image could be read. ModelError / ConfigError as ``heatmap``.
     """
-    from lungxray.data.imageio import read_image
-    from lungxray.evaluation.plots import save_figure
     from lungxray.predict import Predictor
 
     check_option(method, METHODS, "heatmap method")
     predictor = Predictor.load(run)
-    if target is not None:
-        check_option(target, predictor.classes, "target class")
-    out_dir = Path(out)
-    paths = predictor.expand_inputs(images)
-    written: list[Path] = []
-    panels: list[tuple[np.ndarray, np.ndarray, str]] = []
+    writer = HeatmapWriter(predictor, out, method=method, target=target, layer=layer, grid=True)
     failures: list[str] = []
-    used: set[str] = set()
-    for path in paths:
-        try:
-            image = read_image(path)
-        except ImageReadError as exc:
-            failures.append(f"{path}: {exc.reason}")
-            warnings.warn(f"skipped {path}: {exc.reason}", stacklevel=2)
-            continue
-        prob, _ = predictor.predict_images(predictor.preprocess(image)[None])
-        files, new_panels = _explain_one(
-            predictor,
-            path,
-            image,
-            prob[0],
-            _targets_for(predictor, prob[0], target),
-            out_dir,
-            method,
-            layer,
-            used,
-        )
-        written.extend(files)
-        room = GRID_MAX - len(panels)
-        panels.extend(_thumb(p) for p in new_panels[: max(room, 0)])
-    if not written:
+    for rec in predictor.records(predictor.expand_inputs(images)):
+        if rec.error is not None:
+            failures.append(f"{rec.name}: {rec.error}")
+            warnings.warn(f"skipped {rec.name}: {rec.error}", stacklevel=2)
+        writer.write(rec)
+    if not writer.written:
         raise DataError("no heatmap written: every input failed to read (" + "; ".join(failures[:5]) + ").")
-    fig = grid_figure(panels, total=len(written))
-    written.append(save_figure(fig, out_dir / "grid.png"))
-    return written
-
-
-def _thumb(panel: tuple[np.ndarray, np.ndarray, str], side: int = 256) -> tuple[np.ndarray, np.ndarray, str]:
-    """Shrink a panel for the grid so memory stays bounded (about 0.5 MB per panel)."""
-    shown, hmap, title = panel
-    h, w = shown.shape
-    k = min(1.0, side / max(h, w))
-    size = (max(1, round(h * k)), max(1, round(w * k)))
-    return _resize(shown, size), _resize(hmap, size), title
+    return writer.finish()
 
 
 def explain_results(
     predictor: Predictor,
-    results: Sequence[Prediction],
+    results: Sequence[Any],
     out_dir: str | os.PathLike,
     *,
     method: str = "gradcam",
     target: str | None = None,
     layer: str | None = None,
 ) -> list[Path]:
-    """Write heatmap overlays for the successful file results of ``predict_paths`` (errors skipped).
+    """Write heatmap overlays for the successful rows of a prediction (error rows skipped).
 
-    Each file is read again (only one decoded image is held at a time). Returns the written paths.
+    ``results`` are records (``Predictor.records``: nothing is decoded or run again) or, for older
+    callers, ``Prediction`` rows of files, which carry no image: those files go through the
+    prediction pass once more. Returns the written paths.
     """
-    from lungxray.data.imageio import read_image
-
-    out = Path(out_dir)
-    written: list[Path] = []
-    used: set[str] = set()
-    for r in results:
-        if r.error or not Path(r.path).is_file():
-            continue
-        try:
-            image = read_image(r.path)
-        except ImageReadError:
-            continue  # changed since it was predicted; its row already says what happened
-        x = predictor.preprocess(image)[None]
-        prob, _ = predictor.predict_images(x)
-        files, _ = _explain_one(
-            predictor,
-            Path(r.path),
-            image,
-            prob[0],
-            _targets_for(predictor, prob[0], target),
-            out,
-            method,
-            layer,
-            used,
-        )
-        written.extend(files)
-    return written
+    writer = HeatmapWriter(predictor, out_dir, method=method, target=target, layer=layer)
+    rows = [r for r in results if r.error is None]
+    records = [r for r in rows if hasattr(r, "x")]
+    files = [r.path for r in rows if not hasattr(r, "x") and Path(r.path).is_file()]
+    for rec in itertools.chain(records, predictor.records(files) if files else ()):
+        writer.write(rec)
+    return writer.written

@@ -96,8 +96,7 @@ def export_onnx(
     Raises:
         RunError: not a run directory; ModelError: onnx/onnxruntime missing or the export failed.
     """
-    from lungxray.inference import predict_batches
-    from lungxray.predict import ONNX_INPUT, ONNX_OUTPUTS, _sha1
+    from lungxray.inference import ONNX_INPUT, ONNX_OUTPUTS, file_sha1, predict_batches
     from lungxray.rundir import load_run
 
     try:
@@ -147,7 +146,7 @@ def export_onnx(
                     "normalization": card.normalization,
                 }
             ),
-            "weights_sha1": _sha1(loaded.path / "model.safetensors"),
+            "weights_sha1": file_sha1(loaded.path / "model.safetensors"),
             "disclaimer": card.disclaimer,
         }
         for key, value in meta.items():

@@ -116,3 +116,112 @@ def predict_batches(
     prob = np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, n_out), np.float32)
     feat = np.concatenate(feats).astype(np.float32) if features and feats else None
     return prob, feat
+
+
+# ------------------------------------------------------------------------------------------ backends
+
+ONNX_INPUT = "image"  # uint8 (N, S, S): the model-ready images, exactly what the cache holds
+ONNX_OUTPUTS = ("probabilities", "features")
+BACKENDS = ("torch", "onnx")
+
+
+class TorchBackend:
+    """The run's PyTorch model: ``run(x)`` = ``predict_batches`` with the run's preprocessing.
+
+    ``preprocessing`` is the card's (``runcard.Preprocessing``: normalisation, in_chans); ``features``
+    (penultimate, for OOD) are computed only when asked.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self, model: torch.nn.Module, task: str, preprocessing, device: torch.device, *, features: bool = True
+    ):
+        self.model, self.task, self.device, self.features = model, task, device, features
+        self.normalization, self.in_chans = preprocessing.normalization, preprocessing.in_chans
+
+    def run(self, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model-ready uint8 (N, S, S) -> probabilities (N, K) float32, features (N, D) or None."""
+        return predict_batches(
+            self.model,
+            x.astype(np.uint8, copy=False),
+            task=self.task,
+            normalization=self.normalization,
+            device=self.device,
+            in_chans=self.in_chans,
+            batch_size=batch_size,
+            features=self.features,
+        )
+
+
+class OnnxBackend:
+    """RUN/model.onnx under ONNX Runtime (CPU); the graph takes the uint8 images and returns
+    probabilities and features (see ``export.export_onnx``)."""
+
+    name = "onnx"
+
+    def __init__(self, session):
+        self.session = session
+
+    @classmethod
+    def load(cls, run) -> OnnxBackend:
+        """A session for RUN/model.onnx; RunError if missing, onnxruntime absent, or exported from
+        other weights than RUN/model.safetensors (sha1 in the ONNX metadata)."""
+        from pathlib import Path
+
+        from lungxray.errors import RunError
+
+        run = Path(run)
+        path = run / "model.onnx"
+        if not path.is_file():
+            raise RunError(f"{path} not found: export the run first with `lungxray export {run}`.")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunError('the ONNX backend needs onnxruntime: pip install "lungxray[onnx]"') from None
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        weights = run / "model.safetensors"
+        if meta.get("weights_sha1") and weights.is_file() and meta["weights_sha1"] != file_sha1(weights):
+            raise RunError(
+                f"{path} was exported from other weights than {weights}: re-run `lungxray export {run}`."
+            )
+        return cls(session)
+
+    def run(self, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model-ready uint8 (N, S, S) -> probabilities (N, K) float32, features (N, D) float32."""
+        probs, feats = [], []
+        for start in range(0, len(x), batch_size):
+            p, f = self.session.run(
+                list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(x[start : start + batch_size])}
+            )
+            probs.append(p)
+            feats.append(f)
+        return np.concatenate(probs).astype(np.float32), np.concatenate(feats).astype(np.float32)
+
+
+def load_backend(
+    name: str, loaded, device: torch.device, *, features: bool = True
+) -> TorchBackend | OnnxBackend:
+    """The backend ``name`` ("torch" | "onnx") for a loaded run (``rundir.LoadedRun``).
+
+    Raises:
+        ConfigError: unknown name. RunError: as ``OnnxBackend.load``.
+    """
+    from lungxray.errors import check_option
+
+    check_option(name, BACKENDS, "prediction backend")
+    if name == "onnx":
+        return OnnxBackend.load(loaded.path)
+    return TorchBackend(loaded.model, loaded.card.task, loaded.card.preprocessing, device, features=features)
+
+
+def file_sha1(path) -> str:
+    """Hex SHA-1 of a file, read 1 MiB at a time (ties model.onnx to its model.safetensors)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

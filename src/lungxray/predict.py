@@ -1,42 +1,51 @@
-"""Predict new X-rays with a trained run: files, folders, arrays or uploaded bytes -> ``Prediction`` rows.
+"""The prediction pass: inputs (files, arrays, uploaded bytes) -> ``Record``s, each decoded ONCE.
 
-One code path with training: every input is decoded by ``data.imageio`` and resized by
-``data.cache.to_model_input`` (the function that fills the training cache), then scored by
-``inference.predict_batches`` (or the run's ONNX export). Each result carries an out-of-distribution
-score (Mahalanobis distance of the penultimate features to the training set), so a photo or a knee is
-flagged instead of silently getting a confident label. A file that cannot be read becomes a row with
-``error`` set; the other files of the same call are still predicted.
+``predict_records`` decodes each input with ``data.imageio`` (the reader of training), resizes it with
+``data.preprocess.to_model_input`` (the function that fills the training cache), runs one batched
+forward pass per ``batch_size`` inputs on the run's backend (``inference.TorchBackend`` or
+``inference.OnnxBackend``, chosen once at load) and yields, in input order, one ``Record`` per input:
+the decoded image, the model input ``x``, the probabilities, the out-of-distribution score and the
+labelled ``Prediction`` (the RunCard's rules). Everything downstream consumes records: the CSV/JSON
+writer and the terminal table (``predict_output``), the heatmap writer and ``explain_files``
+(``explain``), and the web server; none decodes, preprocesses or runs the model again. A file that
+cannot be read becomes a record with ``error`` set; the other inputs are still predicted.
 
 Example::
 
     predictor = Predictor.load("runs/kermany")
-    for r in predictor.predict_paths(predictor.expand_inputs(["new_xrays/"])):
-        print(r.path, r.label, r.score, r.ood, r.error)
+    for rec in predictor.records(predictor.expand_inputs(["new_xrays/"])):
+        print(rec.name, rec.prediction.label, rec.prediction.score, rec.prediction.ood, rec.error)
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import hashlib
-import io
-import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lungxray import DISCLAIMER
-from lungxray.errors import ConfigError, DataError, ImageReadError, RunError, check_option
+from lungxray.errors import ConfigError, DataError, ImageReadError, check_option
+from lungxray.inference import BACKENDS
+from lungxray.predict_output import render_predictions, write_predictions
 
-BACKENDS = ("torch", "onnx")
-ONNX_INPUT = "image"  # uint8 (N, S, S): the model-ready images, exactly what the cache holds
-ONNX_OUTPUTS = ("probabilities", "features")
+__all__ = [
+    "BACKENDS",
+    "Prediction",
+    "Predictor",
+    "Record",
+    "Source",
+    "make_prediction",
+    "predict_records",
+    "render_predictions",
+    "write_predictions",
+]
 
 
 @dataclass
@@ -74,38 +83,199 @@ class Prediction:
         return asdict(self)
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass
+class Record:
+    """One input after the prediction pass (see the module docstring).
+
+    Attributes:
+        name: the file path, ``<array i>`` or the upload's name (= ``prediction.path``).
+        prediction: the labelled result (``error`` set when the input could not be used).
+        image: the decoded (H, W) float32 in [0, 1]; None on error or once a consumer dropped it.
+        x: the model input (S, S) uint8, exactly what the training cache holds; None on error.
+        prob: model probabilities (K,) float32 (K = 1 for binary); None on error.
+        ood_score: Mahalanobis distance of the features; None without OOD statistics or on error.
+        error: why the input could not be used, else None.
+        seconds: {"decode": decode + preprocess of this input, "predict": its batch's forward pass}.
+    """
+
+    name: str
+    prediction: Prediction
+    image: np.ndarray | None = None
+    x: np.ndarray | None = None
+    prob: np.ndarray | None = None
+    ood_score: float | None = None
+    error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input to the pass: a name and how to decode it (called exactly once)."""
+
+    name: str
+    load: Callable[[], np.ndarray]
+
+    @classmethod
+    def path(cls, path: str | os.PathLike) -> Source:
+        from lungxray.data import imageio  # looked up at call time: one reader for every stage
+
+        return cls(str(path), lambda: imageio.read_image(path))
+
+    @classmethod
+    def array(cls, array: np.ndarray, name: str) -> Source:
+        """A decoded image: float in [0, 1], uint8 (/255) or uint16 (/65535); ValueError if not one."""
+        return cls(name, lambda: _as_unit_image(array))
+
+    @classmethod
+    def upload(cls, data: bytes, name: str = "<upload>") -> Source:
+        from lungxray.data import imageio
+
+        return cls(name, lambda: imageio.read_image_bytes(data, name=name))
+
+
+def _as_source(item: Source | str | os.PathLike | np.ndarray, i: int) -> Source:
+    if isinstance(item, Source):
+        return item
+    if isinstance(item, np.ndarray):
+        return Source.array(item, f"<array {i}>")
+    return Source.path(item)
+
+
+def predict_records(
+    predictor: Predictor, inputs: Iterable[Source | str | os.PathLike | np.ndarray], batch_size: int = 32
+) -> Iterator[Record]:
+    """The prediction pass: one ``Record`` per input, in order.
+
+    Each input is decoded once and preprocessed once; ``batch_size`` model inputs go through one
+    forward pass (``predictor.predict_images``). Only one batch of decoded images is held here: a
+    record's ``image`` lives as long as its consumer keeps the record.
+
+    Args:
+        predictor: a loaded ``Predictor``.
+        inputs: ``Source``s, file paths or (H, W) arrays (named ``<array i>``).
+        batch_size: inputs per forward pass (>= 1).
+
+    Raises:
+        ConfigError: batch_size below 1.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
+    pending: list[Record] = []
+    n_ok = 0
+    for i, item in enumerate(inputs):
+        src = _as_source(item, i)
+        rec = Record(name=src.name, prediction=Prediction(path=src.name))
+        t0 = time.perf_counter()
+        try:
+            rec.image = src.load()
+            rec.x = predictor.preprocess(rec.image)
+        except ImageReadError as exc:
+            rec.error = exc.reason
+        except ValueError as exc:  # an array that is not an image
+            rec.error = str(exc)
+        rec.seconds["decode"] = time.perf_counter() - t0
+        if rec.error is not None:
+            rec.image = rec.x = None
+            rec.prediction.error = rec.error
+        else:
+            n_ok += 1
+        pending.append(rec)
+        if n_ok >= batch_size:
+            yield from _forward(predictor, pending)
+            pending, n_ok = [], 0
+    yield from _forward(predictor, pending)
+
+
+def _forward(predictor: Predictor, batch: list[Record]) -> Iterator[Record]:
+    """One forward pass over the readable records of ``batch``; fills prob, OOD and the Prediction."""
+    ok = [r for r in batch if r.error is None]
+    if ok:
+        t0 = time.perf_counter()
+        prob, dist = predictor.predict_images(np.stack([r.x for r in ok]), batch_size=len(ok))
+        seconds = time.perf_counter() - t0
+        for k, rec in enumerate(ok):
+            rec.prob = prob[k]
+            rec.ood_score = None if dist is None else float(dist[k])
+            rec.prediction = make_prediction(predictor.card, rec.name, rec.prob, rec.ood_score)
+            rec.seconds["predict"] = seconds
+    yield from batch
+
+
+def make_prediction(card: Any, name: str, prob: np.ndarray, ood_score: float | None) -> Prediction:
+    """One row of model probabilities (K,) + OOD distance -> a labelled ``Prediction`` (card rules)."""
+    row = np.asarray(prob, np.float32)[None, :]
+    scores = card.scores(row)[0]
+    label = card.label_names(card.decide(row)[0])
+    if card.task == "binary":
+        score = float(scores[1])
+    elif card.task == "multiclass":
+        score = float(scores[card.classes.index(label)])
+    else:
+        score = float(np.max(scores))
+    t_ood = None if card.ood is None else card.ood.threshold
+    return Prediction(
+        path=name,
+        probabilities={c: float(s) for c, s in zip(card.classes, scores, strict=True)},
+        label=label,
+        score=score,
+        threshold=card.threshold_map(),
+        ood_score=ood_score,
+        ood=None if ood_score is None or t_ood is None else bool(ood_score > t_ood),
+    )
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files and folders -> the files to predict, in the order given.
+
+    A folder expands to its image files (by suffix, recursively, sorted); an explicit file is kept
+    whatever its suffix or existence, so it gets a row with the reason it cannot be read.
+
+    Raises:
+        DataError: nothing to predict (no inputs, or only folders without image files).
+    """
+    from lungxray.data.imageio import is_image_path
+
+    out: list[Path] = []
+    empty: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            if not found:
+                empty.append(str(p))
+            out.extend(found)
+        else:
+            out.append(p)
+    if not out:
+        where = f" (no image files in {', '.join(empty)})" if empty else ""
+        raise DataError(f"nothing to predict{where}. Give image files or folders that contain them.")
+    return out
 
 
 class Predictor:
-    """A trained run ready to predict: model (torch or ONNX Runtime), preprocessing, thresholds, OOD.
+    """A trained run ready to predict: model, backend, preprocessing, thresholds, OOD statistics.
 
     Build it with ``Predictor.load(run_dir)``. Thread-safe for prediction (no shared mutable state in
     the forward pass); hook-based work such as Grad-CAM goes through ``hooked_model()``, which hands
-    out a private copy of the model one caller at a time.
+    out a private copy of the PyTorch model one caller at a time.
     """
 
-    def __init__(self, loaded: Any, *, backend: str = "torch", device: str = "cpu", session: Any = None):
-        from lungxray.inference import resolve_device
+    expand_inputs = staticmethod(expand_inputs)
+
+    def __init__(self, loaded: Any, *, backend: str = "torch", device: str = "cpu"):
+        from lungxray.inference import load_backend, resolve_device
 
         self.run_dir = Path(loaded.path)
         self.card = loaded.card
         self.model = loaded.model
-        self.backend = backend
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
-        self._session = session
         self._ood_mean = loaded.ood.get("mean")
         self._ood_precision = loaded.ood.get("precision")
+        # chosen once: the forward path (predict_images) never asks which backend it has
+        self.backend: Any = load_backend(backend, loaded, self.device, features=self.has_ood)
         self._hook_lock = threading.Lock()
         self._hook_model: Any = None
-
-    # ------------------------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, run: str | os.PathLike, backend: str = "torch", device: str = "cpu") -> Predictor:
@@ -124,11 +294,7 @@ class Predictor:
         from lungxray.rundir import load_run
 
         check_option(backend, BACKENDS, "prediction backend")
-        loaded = load_run(run)
-        session = _onnx_session(Path(run)) if backend == "onnx" else None
-        return cls(loaded, backend=backend, device=device, session=session)
-
-    # --------------------------------------------------------------------------------- properties
+        return cls(load_run(run), backend=backend, device=device)
 
     @property
     def classes(self) -> list[str]:
@@ -154,36 +320,6 @@ class Predictor:
     def has_ood(self) -> bool:
         return self._ood_mean is not None and self._ood_precision is not None
 
-    # ------------------------------------------------------------------------------------- inputs
-
-    @staticmethod
-    def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-        """Files and folders -> the files to predict, in the order given.
-
-        A folder expands to its image files (by suffix, recursively, sorted); an explicit file is kept
-        whatever its suffix or existence, so it gets a row with the reason it cannot be read.
-
-        Raises:
-            DataError: nothing to predict (no inputs, or only folders without image files).
-        """
-        from lungxray.data.imageio import is_image_path
-
-        out: list[Path] = []
-        empty: list[str] = []
-        for item in inputs:
-            p = Path(item)
-            if p.is_dir():
-                found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
-                if not found:
-                    empty.append(str(p))
-                out.extend(found)
-            else:
-                out.append(p)
-        if not out:
-            where = f" (no image files in {', '.join(empty)})" if empty else ""
-            raise DataError(f"nothing to predict{where}. Give image files or folders that contain them.")
-        return out
-
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float [0, 1] -> the model-ready (S, S) uint8, exactly as the training cache holds it."""
         from lungxray.data.preprocess import to_model_input
@@ -192,11 +328,7 @@ class Predictor:
 
     def preprocess_path(self, path: str | os.PathLike) -> np.ndarray:
         """Read one file and preprocess it: (S, S) uint8. Raises ImageReadError."""
-        from lungxray.data.imageio import read_image
-
-        return self.preprocess(read_image(path))
-
-    # -------------------------------------------------------------------------------- prediction
+        return self.preprocess(Source.path(path).load())
 
     def predict_images(
         self, images: np.ndarray, batch_size: int = 32
@@ -205,34 +337,18 @@ class Predictor:
         images = np.asarray(images)
         if images.ndim != 3 or images.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(f"expected uint8 (N, {self.input_size}, {self.input_size}), got {images.shape}")
-        if self.backend == "onnx":
-            probs, feats = [], []
-            for start in range(0, len(images), batch_size):
-                p, f = self._session.run(
-                    list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images[start : start + batch_size])}
-                )
-                probs.append(p)
-                feats.append(f)
-            prob = np.concatenate(probs).astype(np.float32)
-            feat = np.concatenate(feats).astype(np.float32)
-        else:
-            from lungxray.inference import predict_batches
-
-            prob, feat = predict_batches(
-                self.model,
-                images.astype(np.uint8, copy=False),
-                task=self.task,
-                normalization=self.card.normalization,
-                device=self.device,
-                in_chans=self.card.in_chans,
-                batch_size=batch_size,
-                features=self.has_ood,
-            )
+        prob, feat = self.backend.run(images, batch_size)
         if not self.has_ood or feat is None:
             return prob, None
         from lungxray.ood import mahalanobis
 
         return prob, mahalanobis(feat, self._ood_mean, self._ood_precision)
+
+    def records(
+        self, inputs: Iterable[Source | str | os.PathLike | np.ndarray], batch_size: int = 32
+    ) -> Iterator[Record]:
+        """``predict_records(self, inputs, batch_size)``: the prediction pass as a stream of records."""
+        return predict_records(self, inputs, batch_size)
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> list[Prediction]:
         """Predict files, ``batch_size`` at a time (only one batch of decoded images is ever held).
@@ -240,9 +356,7 @@ class Predictor:
         Returns one ``Prediction`` per path, in order; unreadable files get ``error`` (the reason from
         ``ImageReadError``) and do not stop the others.
         """
-        from lungxray.data.imageio import read_image
-
-        return list(self._predict_stream(((str(p), read_image, p) for p in paths), batch_size))
+        return [r.prediction for r in self.records([Source.path(p) for p in paths], batch_size)]
 
     def predict_arrays(
         self,
@@ -261,77 +375,16 @@ class Predictor:
         names = list(names) if names is not None else [f"<array {i}>" for i in range(len(arrays))]
         if len(names) != len(arrays):
             raise ValueError(f"{len(names)} names for {len(arrays)} arrays")
-        return list(
-            self._predict_stream(
-                ((n, _as_unit_image, a) for n, a in zip(names, arrays, strict=True)), batch_size
-            )
-        )
+        sources = [Source.array(a, n) for n, a in zip(names, arrays, strict=True)]
+        return [r.prediction for r in self.records(sources, batch_size)]
 
     def predict_bytes(self, data: bytes, name: str = "<upload>") -> Prediction:
         """Predict one in-memory file (e.g. an upload); never raises for bad bytes: see ``error``."""
-        from lungxray.data.imageio import read_image_bytes
-
-        def load(blob: bytes) -> np.ndarray:
-            return read_image_bytes(blob, name=name)
-
-        return next(self._predict_stream([(name, load, data)], 1))
-
-    def _predict_stream(self, items: Any, batch_size: int) -> Iterator[Prediction]:
-        """(name, loader, source) items -> Predictions in order, decoding one batch at a time."""
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
-        pending: list[tuple[str, np.ndarray | None, str | None]] = []
-        for name, loader, source in items:
-            try:
-                pending.append((name, self.preprocess(loader(source)), None))
-            except ImageReadError as exc:
-                pending.append((name, None, exc.reason))
-            except ValueError as exc:  # predict_arrays: not an image array
-                pending.append((name, None, str(exc)))
-            if sum(x is not None for _, x, _ in pending) >= batch_size:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
-
-    def _flush(self, pending: list[tuple[str, np.ndarray | None, str | None]]) -> Iterator[Prediction]:
-        ok = [x for _, x, _ in pending if x is not None]
-        prob, dist = np.zeros((0, 0), np.float32), None
-        if ok:
-            prob, dist = self.predict_images(np.stack(ok), batch_size=max(len(ok), 1))
-        k = 0
-        for name, x, reason in pending:
-            if x is None:
-                yield Prediction(path=name, error=reason)
-                continue
-            yield self.make_prediction(name, prob[k], None if dist is None else float(dist[k]))
-            k += 1
+        return next(self.records([Source.upload(data, name)], 1)).prediction
 
     def make_prediction(self, name: str, prob: np.ndarray, ood_score: float | None) -> Prediction:
         """One row of model probabilities (K,) + OOD distance -> a labelled ``Prediction``."""
-        card = self.card
-        row = np.asarray(prob, np.float32)[None, :]
-        scores = card.scores(row)[0]
-        probabilities = {c: float(s) for c, s in zip(card.classes, scores, strict=True)}
-        label = card.label_names(card.decide(row)[0])
-        if self.task == "binary":
-            score = float(scores[1])
-        elif self.task == "multiclass":
-            score = float(scores[card.classes.index(label)])
-        else:
-            score = float(np.max(scores))
-        threshold = card.threshold_map()
-        t_ood = self.ood_threshold
-        return Prediction(
-            path=name,
-            probabilities=probabilities,
-            label=label,
-            score=score,
-            threshold=threshold,
-            ood_score=ood_score,
-            ood=None if ood_score is None or t_ood is None else bool(ood_score > t_ood),
-        )
-
-    # ------------------------------------------------------------------------------- hook access
+        return make_prediction(self.card, name, prob, ood_score)
 
     @contextlib.contextmanager
     def hooked_model(self) -> Iterator[Any]:
@@ -363,109 +416,3 @@ def _as_unit_image(a: np.ndarray) -> np.ndarray:
     if a.min() < -1e-6 or a.max() > 1 + 1e-6:
         raise ValueError(f"float values must lie in [0, 1] (got {a.min():.3g}..{a.max():.3g})")
     return np.clip(a, 0.0, 1.0)
-
-
-def _onnx_session(run: Path) -> Any:
-    """An ONNX Runtime session for RUN/model.onnx; RunError if missing or exported from other weights."""
-    path = run / "model.onnx"
-    if not path.is_file():
-        raise RunError(f"{path} not found: export the run first with `lungxray export {run}`.")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise RunError('the ONNX backend needs onnxruntime: pip install "lungxray[onnx]"') from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    weights = run / "model.safetensors"
-    if meta.get("weights_sha1") and weights.is_file() and meta["weights_sha1"] != _sha1(weights):
-        raise RunError(
-            f"{path} was exported from other weights than {weights}: re-run `lungxray export {run}`."
-        )
-    return session
-
-
-# ------------------------------------------------------------------------------------------ output
-
-
-def _flat_row(r: Prediction, classes: list[str]) -> dict[str, Any]:
-    label = "|".join(r.label) if isinstance(r.label, list) else r.label
-    threshold = r.threshold
-    if isinstance(threshold, dict):
-        threshold = "|".join(f"{c}={t:.4g}" for c, t in threshold.items())
-    row = {
-        "path": r.path,
-        "label": label,
-        "score": r.score,
-        "threshold": threshold,
-        "ood_score": r.ood_score,
-        "ood": r.ood,
-        "error": r.error,
-    }
-    row.update({f"p_{c}": r.probabilities.get(c) for c in classes})
-    return row
-
-
-def write_predictions(results: Sequence[Prediction], out: str | os.PathLike) -> Path:
-    """Write results as CSV (one row per input, ``p_<class>`` columns) or JSON, chosen by suffix.
-
-    The JSON document is ``{"disclaimer": ..., "predictions": [Prediction.to_dict(), ...]}``.
-
-    Raises:
-        ConfigError: the suffix is neither .csv nor .json.
-    """
-    from lungxray.rundir import atomic_write_text
-
-    path = Path(out)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise ConfigError(f"cannot write predictions to {path}: use a .csv or .json file name.")
-    if suffix == ".json":
-        doc = {"disclaimer": DISCLAIMER, "predictions": [r.to_dict() for r in results]}
-        atomic_write_text(path, json.dumps(doc, indent=2))
-        return path
-    classes: list[str] = []
-    for r in results:
-        classes.extend(c for c in r.probabilities if c not in classes)
-    buf = io.StringIO()
-    fields = [
-        "path",
-        "label",
-        "score",
-        "threshold",
-        "ood_score",
-        "ood",
-        "error",
-        *(f"p_{c}" for c in classes),
-    ]
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in results:
-        writer.writerow({k: ("" if v is None else v) for k, v in _flat_row(r, classes).items()})
-    atomic_write_text(path, buf.getvalue())
-    return path
-
-
-def render_predictions(results: Sequence[Prediction], console: Any) -> None:
-    """Print a rich table: file, label, score vs threshold, OOD flag, error; then a summary line."""
-    from rich.table import Table
-
-    table = Table(show_lines=False)
-    for col in ("file", "label", "score", "threshold", "OOD score", "note"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        name = Path(r.path).name if os.sep in r.path else r.path
-        if r.error:
-            table.add_row(name, "-", "-", "-", "-", f"[red]error: {r.error}[/]")
-            continue
-        label = (", ".join(r.label) or "(none)") if isinstance(r.label, list) else str(r.label)
-        thr = r.threshold
-        thr_s = "argmax" if thr is None else (f"{thr:.3f}" if isinstance(thr, float) else "per label")
-        ood_s = "-" if r.ood_score is None else f"{r.ood_score:.1f}"
-        note = "[yellow]out of distribution: unreliable[/]" if r.ood else ""
-        table.add_row(name, label, f"{r.score:.3f}", thr_s, ood_s, note)
-    console.print(table)
-    n_err = sum(1 for r in results if r.error)
-    n_ood = sum(1 for r in results if r.ood)
-    console.print(
-        f"{len(results)} inputs: {len(results) - n_err} predicted, {n_err} failed, {n_ood} out of distribution."
-    )

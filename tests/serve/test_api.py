@@ -72,9 +72,7 @@ def test_predict_jpeg_returns_every_field(client: TestClient, tiny_run: Path, xr
     positive = body["label"] == "PNEUMONIA"
     summary = "Finding suggests PNEUMONIA" if positive else "No PNEUMONIA detected at the chosen threshold"
     assert body["summary"] == summary
-    assert (
-        body["threshold_strategy"] == RunCard.read(tiny_run).threshold_strategy
-    )
+    assert body["threshold_strategy"] == RunCard.read(tiny_run).threshold_strategy
     assert body["ood"]["score"] == pytest.approx(expected.ood_score, rel=1e-4)
     assert body["ood"]["flag"] == (body["ood"]["score"] > body["ood"]["threshold"])
     assert body["model"]["architecture"] == "cnn-small" and body["model"]["created"]
@@ -405,3 +403,23 @@ def test_nothing_uploaded_is_written_to_disk(client: TestClient, tmp_path: Path,
     with tempfile.SpooledTemporaryFile(max_size=10) as control:  # the spy sees a spill
         control.write(bytes(100))
     assert opened == ["TemporaryFile"]
+
+
+def test_one_upload_is_decoded_and_scored_once(tiny_run: Path, xray_bytes: bytes, monkeypatch) -> None:
+    """The server consumes one prediction record: one decode, one forward for the probabilities."""
+    import lungxray.data.imageio as imageio
+
+    app = create_app(tiny_run, workers=1)
+    predictor = app.state.service.predictors[0]
+    decodes, forwards = [], []
+    real_decode, real_forward = imageio.read_image_bytes, predictor.predict_images
+    monkeypatch.setattr(
+        imageio, "read_image_bytes", lambda d, **kw: decodes.append(1) or real_decode(d, **kw)
+    )
+    monkeypatch.setattr(
+        predictor, "predict_images", lambda x, **kw: forwards.append(len(x)) or real_forward(x, **kw)
+    )
+    with TestClient(app) as c:
+        r = post_file(c, xray_bytes, "x.jpeg")
+    assert r.status_code == 200 and r.json()["heatmap_target"] == "PNEUMONIA"
+    assert decodes == [1] and forwards == [1]

@@ -160,29 +160,25 @@ class InferenceService:
 
 
 def _analyze(predictor: Any, data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
-    from lungxray.data.imageio import read_image_bytes
+    """One upload through the prediction pass (decoded once), then Grad-CAM on the same record."""
     from lungxray.data.preprocess import to_model_input
+    from lungxray.errors import ImageReadError
+    from lungxray.predict import Source, predict_records
 
-    timing: dict[str, float] = {}
-    t0 = time.perf_counter()
-    image = read_image_bytes(data, name=name)
-    x = predictor.preprocess(image)
-    timing["decode"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    prob, dist = predictor.predict_images(x[None])
-    pred = predictor.make_prediction(name, prob[0], None if dist is None else float(dist[0]))
-    timing["predict"] = time.perf_counter() - t0
-
-    out: dict[str, Any] = {"prediction": pred}
+    rec = next(predict_records(predictor, [Source.upload(data, name)], batch_size=1))
+    if rec.error is not None:
+        raise ImageReadError(name, rec.error)
+    timing = {"decode": rec.seconds["decode"], "predict": rec.seconds["predict"]}
+    out: dict[str, Any] = {"prediction": rec.prediction}
     if heatmap:
         t0 = time.perf_counter()
         # The display image has the geometry of the model input (same resize rule), at a readable
         # size, so the (S, S) heatmap lies exactly on it whatever the run's resize mode.
-        side = int(min(DISPLAY_MAX, max(predictor.input_size, *image.shape)))
-        shown = to_model_input(image, side, predictor.resize)
+        side = int(min(DISPLAY_MAX, max(predictor.input_size, *rec.image.shape)))
+        shown = to_model_input(rec.image, side, predictor.resize)
+        rec.image = None  # the display copy is all that is needed from here on
         out["image_png"] = _data_url(_png(shown))
-        out.update(_heatmap_images(predictor, x, pred, shown))
+        out.update(_heatmap_images(predictor, rec, shown))
         timing["heatmap"] = time.perf_counter() - t0
     out["timing"] = timing
     return out
@@ -194,15 +190,13 @@ def _png(arr: np.ndarray) -> bytes:
     return to_png_bytes(arr)
 
 
-def _heatmap_images(predictor: Any, x: np.ndarray, pred: Any, shown: np.ndarray) -> dict[str, Any]:
-    """Grad-CAM of the explained class -> colourised RGBA and blended overlay PNG data URLs."""
-    from lungxray.explain import colorize, heatmaps_for_inputs, overlay
+def _heatmap_images(predictor: Any, rec: Any, shown: np.ndarray) -> dict[str, Any]:
+    """Grad-CAM of the record's explained class -> colourised RGBA and blended overlay PNG data URLs."""
+    from lungxray.explain import colorize, explain_record, overlay
 
-    probs = pred.probabilities
-    # Same rule as explain.heatmap: binary explains the positive class, otherwise the most likely one.
-    target = predictor.classes[1] if predictor.task == "binary" else max(probs, key=probs.get)
+    target = predictor.card.explain_target(rec.prob)  # the one rule: binary positive, else most likely
     try:
-        heat = heatmaps_for_inputs(predictor, x[None], [target])[0]
+        heat = explain_record(predictor, rec, [target])[target]
     except LungXrayError as exc:  # e.g. an MLP has no spatial map: the prediction still stands
         return {"heatmap_target": None, "heatmap_error": str(exc)}
     big = _resize_unit(heat, shown.shape[0])

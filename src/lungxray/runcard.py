@@ -336,23 +336,7 @@ class RunCard:
 
     # ------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "name": self.name,
-            "architecture": self.architecture,
-            "model_kwargs": dict(self.model_kwargs),
-            "task": self.task,
-            "classes": list(self.classes),
-            "positive_class": self.positive_class,
-            "preprocessing": self.preprocessing.to_dict(),
-            "ood": None if self.ood is None else {k: v for k, v in asdict(self.ood).items() if v is not None},
-            "training": self.training.to_dict(),
-            "calibrations": [c.to_dict() for c in self.calibrations],
-            "population": self.population,
-            "created": self.created or _now(),
-            "lungxray_version": self.lungxray_version,
-            "disclaimer": self.disclaimer,
-        }
+        return _card_to_dict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -360,37 +344,7 @@ class RunCard:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str = FILENAME) -> RunCard:
         """A card from a parsed model.json (version 1 is upgraded in memory); RunError if foreign."""
-        if not isinstance(doc, dict):
-            raise RunError(f"{source} is not a lungxray model.json (not a JSON object).")
-        version = doc.get("schema_version")
-        if version is None and "format_version" in doc:
-            doc = upgrade_v1(doc, source)
-            version = SCHEMA_VERSION
-        if version is None:
-            raise RunError(f"{source} has no schema_version: it was not written by lungxray.")
-        if int(version) > SCHEMA_VERSION:
-            raise RunError(
-                f"{source} has schema_version {version}, newer than this lungxray reads "
-                f"({SCHEMA_VERSION}); upgrade lungxray."
-            )
-        try:
-            return cls(
-                name=str(doc.get("name") or "model"),
-                architecture=str(doc["architecture"]),
-                task=str(doc["task"]),
-                classes=tuple(str(c) for c in doc["classes"]),
-                preprocessing=Preprocessing.from_dict(doc["preprocessing"]),
-                calibrations=tuple(Calibration.from_dict(c) for c in doc.get("calibrations") or ()),
-                model_kwargs=dict(doc.get("model_kwargs") or {}),
-                ood=OODSpec.from_dict(doc.get("ood")),
-                training=TrainingSummary.from_dict(doc.get("training")),
-                population=doc.get("population"),
-                created=str(doc.get("created") or ""),
-                lungxray_version=str(doc.get("lungxray_version") or "unknown"),
-                disclaimer=str(doc.get("disclaimer") or DISCLAIMER),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunError(f"{source} is not a valid lungxray model.json ({type(exc).__name__}: {exc}).") from None
+        return _card_from_dict(doc, source)
 
     @classmethod
     def from_json(cls, text: str, source: str = FILENAME) -> RunCard:
@@ -405,7 +359,9 @@ class RunCard:
         """The card of a run directory; RunError saying what is missing or wrong."""
         path = Path(run_dir)
         if not path.is_dir():
-            raise RunError(f"{path} is not a run directory (it does not exist). Train one with `lungxray train`.")
+            raise RunError(
+                f"{path} is not a run directory (it does not exist). Train one with `lungxray train`."
+            )
         meta = path / FILENAME
         if not meta.is_file():
             raise RunError(f"{path} has no {FILENAME}: it is not a finished lungxray run.")
@@ -416,6 +372,64 @@ class RunCard:
         from lungxray.io import atomic_write_text
 
         return atomic_write_text(Path(run_dir) / FILENAME, self.to_json())
+
+
+def _card_to_dict(card: RunCard) -> dict[str, Any]:
+    """model.json's dict of a card (schema_version first)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": card.name,
+        "architecture": card.architecture,
+        "model_kwargs": dict(card.model_kwargs),
+        "task": card.task,
+        "classes": list(card.classes),
+        "positive_class": card.positive_class,
+        "preprocessing": card.preprocessing.to_dict(),
+        "ood": None if card.ood is None else {k: v for k, v in asdict(card.ood).items() if v is not None},
+        "training": card.training.to_dict(),
+        "calibrations": [c.to_dict() for c in card.calibrations],
+        "population": card.population,
+        "created": card.created or _now(),
+        "lungxray_version": card.lungxray_version,
+        "disclaimer": card.disclaimer,
+    }
+
+
+def _card_from_dict(doc: dict[str, Any], source: str) -> RunCard:
+    """A RunCard from model.json's dict (see ``RunCard.from_dict``)."""
+    if not isinstance(doc, dict):
+        raise RunError(f"{source} is not a lungxray model.json (not a JSON object).")
+    version = doc.get("schema_version")
+    if version is None and "format_version" in doc:
+        doc = upgrade_v1(doc, source)
+        version = SCHEMA_VERSION
+    if version is None:
+        raise RunError(f"{source} has no schema_version: it was not written by lungxray.")
+    if int(version) > SCHEMA_VERSION:
+        raise RunError(
+            f"{source} has schema_version {version}, newer than this lungxray reads "
+            f"({SCHEMA_VERSION}); upgrade lungxray."
+        )
+    try:
+        return RunCard(
+            name=str(doc.get("name") or "model"),
+            architecture=str(doc["architecture"]),
+            task=str(doc["task"]),
+            classes=tuple(str(c) for c in doc["classes"]),
+            preprocessing=Preprocessing.from_dict(doc["preprocessing"]),
+            calibrations=tuple(Calibration.from_dict(c) for c in doc.get("calibrations") or ()),
+            model_kwargs=dict(doc.get("model_kwargs") or {}),
+            ood=OODSpec.from_dict(doc.get("ood")),
+            training=TrainingSummary.from_dict(doc.get("training")),
+            population=doc.get("population"),
+            created=str(doc.get("created") or ""),
+            lungxray_version=str(doc.get("lungxray_version") or "unknown"),
+            disclaimer=str(doc.get("disclaimer") or DISCLAIMER),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(
+            f"{source} is not a valid lungxray model.json ({type(exc).__name__}: {exc})."
+        ) from None
 
 
 def _now() -> str:
@@ -429,7 +443,9 @@ def upgrade_v1(doc: dict[str, Any], source: str = FILENAME) -> dict[str, Any]:
     ``threshold_strategy``); nothing else changes meaning.
     """
     if int(doc.get("format_version", 0)) != 1:
-        raise RunError(f"{source} has format_version {doc.get('format_version')!r}; this lungxray reads 1 and 2.")
+        raise RunError(
+            f"{source} has format_version {doc.get('format_version')!r}; this lungxray reads 1 and 2."
+        )
     missing = [k for k in _V1_REQUIRED if k not in doc]
     if missing:
         raise RunError(f"{source} lacks the key(s) {missing}; was it written by lungxray?")

@@ -239,7 +239,7 @@ def test_multiclass_evaluation(covid_run, cache_dir):
 def test_shortcut_audit_is_skipped_with_a_note_without_lungs(evaluated):
     d = evaluated.metrics["shortcut"]
     assert "skipped" in d and "train-lungs" in d["skipped"]
-    assert "train-lungs" in evaluated.report.read_text()
+    assert "train-lungs" in evaluated.report_path.read_text()
 
 
 def test_shortcut_audit_runs_with_a_lung_run(tiny_run, cache_dir, tmp_path, one_thread):
@@ -260,4 +260,4 @@ def test_shortcut_audit_runs_with_a_lung_run(tiny_run, cache_dir, tmp_path, one_
     assert d["n"] == result.metrics["n"] and d["mask_model"] == "lungs"
     assert set(d["occlusion"]) >= {"plain", "lungs_blanked", "only_lungs"}
     assert d["occlusion"]["plain"]["auc"] == pytest.approx(result.metrics["auc"]["value"], abs=1e-6)
-    assert "Shortcut audit" in result.report.read_text()
+    assert "Shortcut audit" in result.report_path.read_text()

@@ -96,3 +96,19 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
         yield run_dir
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell safe to open in a spreadsheet: a string starting with ``= + - @`` (or a tab / CR)
+    gets a leading ``'`` so it is not run as a formula. Numbers, and strings that are numbers
+    (``-0.5``), are returned unchanged."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value

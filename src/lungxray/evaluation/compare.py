@@ -164,12 +164,12 @@ def render_comparison(result: dict[str, Any], console: Console) -> None:
             auc += f" [{_fmt(r['auc_ci_low'])}, {_fmt(r['auc_ci_high'])}]"
         params = r.get("parameters")
         table.add_row(
-            str(r["name"]), str(r.get("architecture")), f"{params:,}" if isinstance(params, int) else "-",
+            escape(str(r["name"])), escape(str(r.get("architecture"))), f"{params:,}" if isinstance(params, int) else "-",
             _fmt(r.get("input_size")), _fmt(r.get("train_seconds"), 0), auc, _fmt(r.get("accuracy")),
             _fmt(r.get("sensitivity")), _fmt(r.get("specificity")), _fmt(r.get("f1")),
         )  # fmt: skip
     console.print(table)
     if result.get("table"):
-        console.print(f"table: {result['table']}")
+        console.print(f"table: {escape(str(result['table']))}")
     if result.get("figure"):
-        console.print(f"figure: {result['figure']}")
+        console.print(f"figure: {escape(str(result['figure']))}")

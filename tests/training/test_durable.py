@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers_training import make_cfg
 
 from conftest import xray_files  # noqa: E402
-from helpers_training import make_cfg
 from lungxray.errors import RunError
 from lungxray.io import run_lock
 from lungxray.training import run as run_module

@@ -7,9 +7,12 @@ Layout under ``cache_dir/v{CACHE_FORMAT}/{size}-{resize}/``:
 * ``sets/<key>.u8``: one data set's ``(N, size, size)`` array, assembled from the shards, where
   ``key`` hashes the ordered list of file sha1s; it is what an epoch reads (a memmap, never a decode).
 
-Every file is written to a temporary name and moved into place with ``os.replace``, and a shard's
+Every file is written to a temporary name and moved into place with ``os.replace`` (``lungxray.io``), and a shard's
 index is written only after its rows, so a killed run never leaves a cache that reads wrong. Files
 that fail to decode are not stored: they are retried on the next call (a fixed file then succeeds).
+A decoding worker that dies (out of memory, a decoder crash) breaks its pool: the unfinished chunks
+are decoded again in a fresh pool (the last try one file per task), so only a file that kills every
+worker it meets is reported unreadable.
 """
 
 from __future__ import annotations

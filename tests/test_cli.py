@@ -205,3 +205,28 @@ def test_calibrate_writes_a_new_run_and_leaves_the_original(tiny_run, tmp_path, 
     code = run_cli(["calibrate", str(tiny_run), "--out", str(out), "--quiet"])  # never over a run
     err = capsys.readouterr().err
     assert code == 2 and "already exists" in flat(err) and "Traceback" not in err
+
+
+def test_markup_in_a_file_name_does_not_abort_audit_or_train(tmp_path, cache_dir, capsys):
+    """`a[/]b.png` (folder `a[`, file `]b.png`) is a rich closing tag: printed raw it raised MarkupError."""
+    root = tmp_path / "data"
+    for kind in ("NORMAL", "PNEUMONIA"):
+        (root / kind).mkdir(parents=True)
+        for f in sorted((require_data() / "train" / kind).glob("*.jpeg"))[:40]:
+            shutil.copy(f, root / kind / f.name)
+    (root / "NORMAL" / "a[").mkdir()
+    (root / "NORMAL" / "a[" / "]b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # listed as unreadable
+    code = run_cli(["audit", str(root), "--cache-dir", str(cache_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "a[/]b.png" in "".join(captured.out.split())  # printed as it is (rich wraps lines)
+    code = run_cli(
+        [
+            "train", str(root), "--epochs", "1", "--size", "32", "--batch-size", "16",
+            "--out", str(tmp_path / "run"), "--quiet",
+            "--set", f"data.cache_dir={cache_dir}", "--set", "model.kwargs={width: 8}",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "a[/]b.png" in "".join(captured.out.split())  # printed as it is (rich wraps lines)

@@ -473,3 +473,15 @@ def test_cli_predict_with_heatmaps_decodes_each_file_once(
     assert sorted(p.name for p in maps.glob("*.png")) == sorted(
         f"{f.stem}_PNEUMONIA_gradcam.png" for f in files
     )
+
+
+def test_predictions_csv_guards_against_formula_injection(tmp_path: Path) -> None:
+    """A spreadsheet runs a cell starting with = + - @ as a formula: strings get a leading ', numbers
+    (negative ones included) stay numbers."""
+    evil = Prediction(path="=HYPERLINK(\"http://x\")", probabilities={"@cmd": 0.25, "NORMAL": 0.75},
+                      label="@cmd", score=0.25, threshold=0.5, ood_score=-1.5, ood=False,
+                      error="+1 not a number")  # fmt: skip
+    rows = list(csv.DictReader(write_predictions([evil], tmp_path / "p.csv").read_text().splitlines()))
+    assert rows[0]["path"] == "'=HYPERLINK(\"http://x\")" and rows[0]["label"] == "'@cmd"
+    assert rows[0]["error"] == "'+1 not a number"
+    assert rows[0]["ood_score"] == "-1.5" and float(rows[0]["p_@cmd"]) == 0.25

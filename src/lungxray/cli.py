@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lungxray import DISCLAIMER, __version__
 from lungxray.errors import LungXrayError
@@ -157,7 +158,7 @@ def train(
         raise ConfigError("no data: give DATA (a folder) or data.path in the --config file.")
     result = run_train(cfg, resume=resume, progress=not quiet, console=console)
     console.print(
-        f"[green]run written to {result.run_dir}[/]  best epoch {result.best_epoch} "
+        f"[green]run written to {escape(str(result.run_dir))}[/]  best epoch {result.best_epoch} "
         f"(val {cfg.train.monitor} {result.best_score:.4f}), {result.seconds:.0f} s training, "
         f"{result.images_per_s:.0f} img/s"
     )
@@ -180,7 +181,7 @@ def calibrate(
     card = calibrate_run(run, strategy=strategy, out=target, progress=not quiet)
     cal = card.calibration
     console.print(
-        f"[green]run written to {target}[/]  calibration {len(card.calibrations)}: {cal.strategy} on "
+        f"[green]run written to {escape(str(target))}[/]  calibration {len(card.calibrations)}: {cal.strategy} on "
         f"{cal.n} val images, threshold(s) {card.threshold_map()}"
     )
 
@@ -264,7 +265,7 @@ def explain(
 
     written = explain_files(run, images, out, method=method, target=target, layer=layer)
     for path in written:
-        console.print(str(path))
+        console.print(escape(str(path)))
 
 
 @app.command()
@@ -287,9 +288,9 @@ def upgrade_run(
     from lungxray.runcard import upgrade_run as upgrade
 
     if upgrade(run):
-        console.print(f"upgraded {run}/model.json (the original is {run}/model.v1.json)")
+        console.print(f"upgraded {escape(str(run))}/model.json (the original is model.v1.json)")
     else:
-        console.print(f"{run}/model.json is already current; nothing to do")
+        console.print(f"{escape(str(run))}/model.json is already current; nothing to do")
 
 
 @app.command()
@@ -336,7 +337,7 @@ def tune(
         metric=metric,
         console=console,
     )
-    console.print(f"[green]best config written to {result['best_config']}[/]")
+    console.print(f"[green]best config written to {escape(str(result['best_config']))}[/]")
 
 
 @app.command("train-lungs")
@@ -374,7 +375,7 @@ def audit_shortcuts(
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (a skipped file, an undefined metric) as one line, not a source excerpt."""
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {escape(str(message))}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -390,7 +391,7 @@ def _run(argv: list[str] | None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except LungXrayError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

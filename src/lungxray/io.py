@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lungxray.errors import RunError
+
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it survives a crash (a no-op where unsupported)."""
@@ -66,3 +68,47 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) 
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl.flock`` on ``run_dir/.lock`` for the duration of the block.
+
+    Two processes writing one run directory (two ``lungxray train --out RUN``) would interleave
+    checkpoints and history: the second one gets a RunError instead. The lock goes with the process
+    (a killed trainer never leaves a stale lock); the empty ``.lock`` file stays behind harmlessly.
+    """
+    import fcntl  # POSIX only, like the rest of the run directory's durability
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"another lungxray process is writing {run_dir}; wait for it or choose another --out."
+            ) from None
+        yield run_dir
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell safe to open in a spreadsheet: a string starting with ``= + - @`` (or a tab / CR)
+    gets a leading ``'`` so it is not run as a formula. Numbers, and strings that are numbers
+    (``-0.5``), are returned unchanged."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value

@@ -51,7 +51,7 @@ def write_predictions(results: Iterable[Any], out: str | os.PathLike) -> Path:
     Raises:
         ConfigError: the suffix is neither .csv nor .json.
     """
-    from lungxray.io import atomic_write_text
+    from lungxray.io import atomic_write_text, csv_cell
 
     path = Path(out)
     suffix = path.suffix.lower()
@@ -69,7 +69,7 @@ def write_predictions(results: Iterable[Any], out: str | os.PathLike) -> Path:
     writer = csv.DictWriter(buf, fieldnames=[*_FIELDS, *(f"p_{c}" for c in classes)], lineterminator="\n")
     writer.writeheader()
     for r in preds:
-        writer.writerow({k: ("" if v is None else v) for k, v in _flat_row(r, classes).items()})
+        writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in _flat_row(r, classes).items()})
     atomic_write_text(path, buf.getvalue())
     return path
 
@@ -77,6 +77,7 @@ def write_predictions(results: Iterable[Any], out: str | os.PathLike) -> Path:
 def render_predictions(results: Iterable[Any], console: Any) -> None:
     """Print a rich table of records or Predictions: file, label, score vs threshold, OOD flag,
     error; then a summary line."""
+    from rich.markup import escape
     from rich.table import Table
 
     preds = _predictions(results)
@@ -86,14 +87,14 @@ def render_predictions(results: Iterable[Any], console: Any) -> None:
     for r in preds:
         name = Path(r.path).name if os.sep in r.path else r.path
         if r.error:
-            table.add_row(name, "-", "-", "-", "-", f"[red]error: {r.error}[/]")
+            table.add_row(escape(name), "-", "-", "-", "-", f"[red]error: {escape(str(r.error))}[/]")
             continue
         label = (", ".join(r.label) or "(none)") if isinstance(r.label, list) else str(r.label)
         thr = r.threshold
         thr_s = "argmax" if thr is None else (f"{thr:.3f}" if isinstance(thr, float) else "per label")
         ood_s = "-" if r.ood_score is None else f"{r.ood_score:.1f}"
         note = "[yellow]out of distribution: unreliable[/]" if r.ood else ""
-        table.add_row(name, label, f"{r.score:.3f}", thr_s, ood_s, note)
+        table.add_row(escape(name), escape(label), f"{r.score:.3f}", thr_s, ood_s, note)
     console.print(table)
     n_err = sum(1 for r in preds if r.error)
     n_ood = sum(1 for r in preds if r.ood)

@@ -167,3 +167,53 @@ def test_damaged_shard_or_leftover_temp_file_is_ignored(image_folder, tmp_path):
 def test_empty_list(tmp_path):
     out = cache_images([], 32, cache_dir=tmp_path, progress=False)
     assert out.images.shape == (0, 32, 32) and out.ok.shape == (0,) and out.built == 0
+
+
+# ---------------------------------------------------------------- a decoding worker that dies
+
+
+def test_dead_worker_is_retried_in_a_fresh_pool(tmp_path, monkeypatch):
+    """A worker killed once (os._exit mid-decode) loses nothing: its chunk is decoded by a new pool."""
+    import os
+
+    from lungxray.data import imageio
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    paths = _write_generated(folder, 12)
+    victim, marker = str(paths[5]), tmp_path / "died-once"
+    real = imageio.read_image_with_info
+
+    def dies_once(path, *a, **kw):
+        if str(path) == victim and not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker process dies as if killed by the OOM killer
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(imageio, "read_image_with_info", dies_once)  # workers are forked: inherited
+    monkeypatch.setattr("lungxray.data.cache._CHUNK", 2)
+    c = cache_images(paths, 32, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert marker.exists(), "the worker never died: the test did not test anything"
+    assert c.ok.all() and c.errors == {} and c.built == len(paths)
+
+
+def test_a_file_that_always_kills_its_worker_fails_alone(tmp_path, monkeypatch):
+    import os
+
+    from lungxray.data import imageio
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    paths = _write_generated(folder, 8)
+    victim, real = str(paths[3]), imageio.read_image_with_info
+
+    def always_dies(path, *a, **kw):
+        if str(path) == victim:
+            os._exit(1)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(imageio, "read_image_with_info", always_dies)
+    monkeypatch.setattr("lungxray.data.cache._CHUNK", 4)
+    c = cache_images(paths, 32, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert list(c.errors) == [victim] and "died" in c.errors[victim]
+    assert int(c.ok.sum()) == len(paths) - 1

@@ -261,3 +261,17 @@ def test_shortcut_audit_runs_with_a_lung_run(tiny_run, cache_dir, tmp_path, one_
     assert set(d["occlusion"]) >= {"plain", "lungs_blanked", "only_lungs"}
     assert d["occlusion"]["plain"]["auc"] == pytest.approx(result.metrics["auc"]["value"], abs=1e-6)
     assert "Shortcut audit" in result.report_path.read_text()
+
+
+def test_predictions_csv_guards_against_formula_injection(tmp_path):
+    from lungxray.data.manifest import Manifest
+    from lungxray.evaluation.evaluate import _write_predictions
+
+    m = Manifest(paths=("=cmd|' /C calc'!A0", "-2"), labels=np.array([[1, 0], [0, 1]], np.float32),
+                 classes=("NORMAL", "@finding"), task="binary", patients=("+p1", "p2"), splits=("test", "test"))  # fmt: skip
+    _write_predictions(tmp_path / "predictions.csv", m, np.array([[0.2], [0.9]]), np.array([0, 1]))
+    rows = _read_csv(tmp_path / "predictions.csv")
+    assert rows[0]["path"] == "'=cmd|' /C calc'!A0" and rows[0]["patient"] == "'+p1"
+    assert rows[1]["path"] == "-2"  # a number stays a number
+    assert rows[1]["true_label"] == "'@finding" and rows[1]["predicted_label"] == "'@finding"
+    assert [f.name for f in tmp_path.iterdir()] == ["predictions.csv"]  # written atomically, no temp left

@@ -121,3 +121,20 @@ def test_missing_evaluation_is_a_run_error(tmp_path):
     (run / "eval" / "test" / "metrics.json").write_text("{not json")
     with pytest.raises(RunError, match="not valid JSON"):
         build_report(run, "test")
+
+
+def test_report_shows_paths_relative_to_the_data_root(tmp_path):
+    """A shared report.html names files as they are inside the data set, never by absolute path."""
+    classes = ["NORMAL", "PNEUMONIA"]
+    run = _run(tmp_path, "binary", classes, threshold=0.5)
+    y, p = _binary_data()
+    body = evaluate_predictions("binary", y, p, classes, threshold=0.5, groups=np.arange(80) // 2, n_boot=0)
+    folder = _write_eval(run, body)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    root = "/home/alice/hospital_b"
+    metrics.update(external=True, data=root,
+                   unreadable=[{"path": f"{root}/test/NORMAL/scan7.png", "reason": "truncated"}])  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    text = build_report(run, "test").read_text()
+    assert "test/NORMAL/scan7.png" in text and "hospital_b" in text
+    assert "/home/alice" not in text and "/data/chest_xray" not in text and str(tmp_path) not in text

@@ -182,6 +182,7 @@ def _short(path: str, root: str) -> str:
 def render_audit(report: dict[str, Any], console: Console | None = None) -> None:
     """Print an ``audit`` report as rich tables; duplicates and patients across splits in red."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -190,7 +191,7 @@ def render_audit(report: dict[str, Any], console: Console | None = None) -> None
     classes = report.get("classes") or sorted({c for v in report["counts"].values() for c in v})
     split_names = list(report["counts"])
 
-    t = Table(title=f"{report['n_images']} images in {root or 'data set'}")
+    t = Table(title=f"{report['n_images']} images in {escape(str(root or 'data set'))}")
     t.add_column("class")
     for s in split_names:
         t.add_column(s, justify="right")
@@ -199,7 +200,7 @@ def render_audit(report: dict[str, Any], console: Console | None = None) -> None
     for c in classes:
         per = [report["counts"][s].get(c, 0) for s in split_names]
         share = report["class_balance"]["all"].get(c, 0.0)
-        t.add_row(c, *map(str, per), str(sum(per)), f"{share:.1%}")
+        t.add_row(escape(c), *map(str, per), str(sum(per)), f"{share:.1%}")
     console.print(t)
 
     w, h = report["sizes"]["width"], report["sizes"]["height"]
@@ -211,9 +212,9 @@ def render_audit(report: dict[str, Any], console: Console | None = None) -> None
     console.print(t)
     console.print(
         "modes: "
-        + ", ".join(f"{k} {v}" for k, v in report["modes"].items())
+        + ", ".join(f"{escape(str(k))} {v}" for k, v in report["modes"].items())
         + " | formats: "
-        + ", ".join(f"{k} {v}" for k, v in report["formats"].items())
+        + ", ".join(f"{escape(str(k))} {v}" for k, v in report["formats"].items())
     )
 
     def pair_table(pairs: list, title: str, style: str) -> Table:
@@ -222,7 +223,7 @@ def render_audit(report: dict[str, Any], console: Console | None = None) -> None
         t.add_column("file B")
         t.add_column("kind")
         for a, b, kind in pairs[:_SHOW]:
-            t.add_row(_short(a, root), _short(b, root), kind)
+            t.add_row(escape(_short(a, root)), escape(_short(b, root)), kind)
         if len(pairs) > _SHOW:
             t.add_row(f"... and {len(pairs) - _SHOW} more", "", "")
         return t
@@ -248,7 +249,7 @@ def render_audit(report: dict[str, Any], console: Console | None = None) -> None
         t.add_column("patient")
         t.add_column("splits")
         for p, s in list(patients.items())[:_SHOW]:
-            t.add_row(p, ", ".join(s))
+            t.add_row(escape(p), escape(", ".join(s)))
         if len(patients) > _SHOW:
             t.add_row(f"... and {len(patients) - _SHOW} more", "")
         console.print(
@@ -274,7 +275,7 @@ def render_audit(report: dict[str, Any], console: Console | None = None) -> None
         t.add_column("file")
         t.add_column("reason")
         for row in bad[:_SHOW]:
-            t.add_row(_short(row["path"], root), row["reason"])
+            t.add_row(escape(_short(row["path"], root)), escape(row["reason"]))
         if len(bad) > _SHOW:
             t.add_row(f"... and {len(bad) - _SHOW} more", "")
         console.print(t)

@@ -7,9 +7,12 @@ Layout under ``cache_dir/v{CACHE_FORMAT}/{size}-{resize}/``:
 * ``sets/<key>.u8``: one data set's ``(N, size, size)`` array, assembled from the shards, where
   ``key`` hashes the ordered list of file sha1s; it is what an epoch reads (a memmap, never a decode).
 
-Every file is written to a temporary name and moved into place with ``os.replace``, and a shard's
+Every file is written to a temporary name and moved into place with ``os.replace`` (``lungxray.io``), and a shard's
 index is written only after its rows, so a killed run never leaves a cache that reads wrong. Files
 that fail to decode are not stored: they are retried on the next call (a fixed file then succeeds).
+A decoding worker that dies (out of memory, a decoder crash) breaks its pool: the unfinished chunks
+are decoded again in a fresh pool (the last try one file per task), so only a file that kills every
+worker it meets is reported unreadable.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import numpy as np
 
 from lungxray.data.preprocess import RESIZE_MODES, to_model_input
 from lungxray.errors import ImageReadError, check_option
+from lungxray.io import atomic_write_bytes as _atomic_write_bytes
 
 CACHE_FORMAT = 2  # 2: 12-bit data in 16-bit PNG/TIFF scaled by 4095 (was 65535). Bump when decoding or to_model_input changes what a cached row holds
 _STORE_VERSION = f"v{CACHE_FORMAT}"
 _CHUNK = 32  # files per worker task: large enough to amortise pickling, small for a smooth bar
 _FLUSH_BYTES = 256 * 2**20  # write a shard at least every 256 MiB of decoded rows
 _STALE_TMP_S = 3600.0
+_POOL_ATTEMPTS = 3  # fresh pools after a worker dies; the last one decodes one file per task
 
 
 def default_cache_dir() -> Path:
@@ -113,15 +118,6 @@ def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str) -> list[t
         except Exception as e:  # a decoder bug on one file must not kill a 100k-file build
             out.append((sha1, None, None, f"{type(e).__name__}: {e}"))
     return out
-
-
-def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Store:
@@ -206,6 +202,30 @@ class _Store:
         with contextlib.suppress(OSError):  # a read-only shared cache is fine
             os.utime(path)  # mtime = last use, for anyone pruning old sets
         return np.memmap(path, np.uint8, "r", shape=(n, s, s))
+
+
+def _decode_in_pool(chunks, size, resize, workers, progress, label, collect) -> list[list[tuple[str, str]]]:
+    """Decode ``chunks`` in a fresh process pool; returns the chunks left unfinished by a dead worker.
+
+    A worker that dies (killed for memory, a decoder crash) breaks the whole pool: every chunk not yet
+    collected comes back, to be retried in a new pool rather than reported unreadable.
+    """
+    lost: list[list[tuple[str, str]]] = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        # submit before the progress bar starts its refresh thread: with the "fork" start
+        # method the workers are forked on the first submit, and forking a process while
+        # another of its threads holds a lock can deadlock the child
+        futures = {pool.submit(_decode_chunk, c, size, resize): c for c in chunks}
+        with _progress(progress) as bar:
+            task = bar.add_task(label, total=sum(len(c) for c in chunks))
+            for fut in as_completed(futures):
+                try:
+                    results = fut.result()
+                except BrokenProcessPool:  # a worker was killed (out of memory?) or crashed
+                    lost.append(futures[fut])
+                    continue
+                collect(results, bar, task)
+    return lost
 
 
 def _progress(enabled: bool):
@@ -303,20 +323,15 @@ def cache_images(
                     for chunk in chunks:
                         collect(_decode_chunk(chunk, size, resize), bar, task)
             else:
-                with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-                    # submit before the progress bar starts its refresh thread: with the "fork" start
-                    # method the workers are forked on the first submit, and forking a process while
-                    # another of its threads holds a lock can deadlock the child
-                    futures = {pool.submit(_decode_chunk, c, size, resize): c for c in chunks}
-                    with _progress(progress) as bar:
-                        task = bar.add_task(label, total=len(todo))
-                        for fut in as_completed(futures):
-                            try:
-                                results = fut.result()
-                            except BrokenProcessPool:  # a worker was killed (out of memory?) or crashed
-                                reason = "the decoding process died (out of memory or decoder crash)"
-                                results = [(sha1, None, None, reason) for sha1, _ in futures[fut]]
-                            collect(results, bar, task)
+                for attempt in range(_POOL_ATTEMPTS):
+                    if attempt == _POOL_ATTEMPTS - 1:  # last try: one file per task, so a file that
+                        chunks = [[job] for c in chunks for job in c]  # kills its worker fails alone
+                    chunks = _decode_in_pool(chunks, size, resize, workers, progress, label, collect)
+                    if not chunks:
+                        break
+                reason = "the decoding process died (out of memory or decoder crash)"
+                for chunk in chunks:
+                    failed.update((sha1, reason) for sha1, _ in chunk)
         finally:
             store.append(pending)  # keep what was decoded, even on Ctrl-C
     decode_seconds = time.perf_counter() - t_dec

@@ -170,9 +170,11 @@ class Manifest:
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write columns path, patient, split, label ('|'-joined positives); read back with ``from_splits_csv``.
 
-        Unknown (NaN) multilabel entries are written as negatives.
+        Unknown (NaN) multilabel entries are written as negatives. Written atomically (``lungxray.io``).
         """
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        from lungxray.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "patient", "split", "label"])
             writer.writerows(zip(self.paths, self.patients, self.splits, self.label_strings(), strict=True))

@@ -19,10 +19,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lungxray.errors import RunError
 from lungxray.evaluation.plots import save_figure
+from lungxray.io import atomic_path, csv_cell
 from lungxray.runcard import RunCard
 
 __all__ = ["COLUMNS", "compare_runs", "render_comparison"]
@@ -131,10 +133,10 @@ def compare_runs(
     out_dir = Path(out) if out is not None else Path("compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "compare.csv"
-    with table.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(table) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(COLUMNS))
         w.writeheader()
-        w.writerows({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS} for r in rows)
+        w.writerows({k: ("" if r.get(k) is None else csv_cell(r[k])) for k in COLUMNS} for r in rows)
     figure = None
     if any(
         r.get("train_seconds") is not None and (r.get("f1") is not None or r.get("auc") is not None)
@@ -164,12 +166,12 @@ def render_comparison(result: dict[str, Any], console: Console) -> None:
             auc += f" [{_fmt(r['auc_ci_low'])}, {_fmt(r['auc_ci_high'])}]"
         params = r.get("parameters")
         table.add_row(
-            str(r["name"]), str(r.get("architecture")), f"{params:,}" if isinstance(params, int) else "-",
+            escape(str(r["name"])), escape(str(r.get("architecture"))), f"{params:,}" if isinstance(params, int) else "-",
             _fmt(r.get("input_size")), _fmt(r.get("train_seconds"), 0), auc, _fmt(r.get("accuracy")),
             _fmt(r.get("sensitivity")), _fmt(r.get("specificity")), _fmt(r.get("f1")),
         )  # fmt: skip
     console.print(table)
     if result.get("table"):
-        console.print(f"table: {result['table']}")
+        console.print(f"table: {escape(str(result['table']))}")
     if result.get("figure"):
-        console.print(f"figure: {result['figure']}")
+        console.print(f"figure: {escape(str(result['figure']))}")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lungxray import DISCLAIMER, __version__
@@ -42,7 +43,7 @@ from lungxray.evaluation import plots
 from lungxray.evaluation.metrics import evaluate_predictions
 from lungxray.evaluation.report import build_report, headline_rows
 from lungxray.inference import predict_batches, probabilities_to_scores, resolve_device
-from lungxray.io import atomic_write_text
+from lungxray.io import atomic_path, atomic_write_text, csv_cell
 from lungxray.runcard import RunCard
 from lungxray.rundir import load_run
 
@@ -168,15 +169,15 @@ def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarr
         target = m.targets
         correct = pred == target
         pred_str = [classes[int(k)] for k in pred]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(
-            ["path", "patient", "true_label", *[f"score_{c}" for c in classes], "predicted_label", "correct"]
-        )
+            [csv_cell(c) for c in ["path", "patient", "true_label", *[f"score_{c}" for c in classes],
+                                   "predicted_label", "correct"]]
+        )  # fmt: skip
         for i in range(len(m)):
-            w.writerow([m.paths[i], m.patients[i], true[i], *[f"{v:.6f}" for v in scores[i]], pred_str[i],
-                        int(correct[i])])  # fmt: skip
+            w.writerow([*map(csv_cell, (m.paths[i], m.patients[i], true[i])), *[f"{v:.6f}" for v in scores[i]],
+                        csv_cell(pred_str[i]), int(correct[i])])  # fmt: skip
 
 
 def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, card: RunCard) -> list[tuple[int, str]]:
@@ -323,7 +324,7 @@ def evaluate_run(
     if unreadable:
         console.print(f"[yellow]{len(unreadable)} unreadable image(s) skipped:[/]")
         for row in unreadable[:10]:
-            console.print(f"  {row['path']}: {row['reason']}")
+            console.print(f"  {escape(row['path'])}: {escape(row['reason'])}")
     if not cached.ok.any():
         raise DataError(
             f"none of the {len(m)} images of {source} ({split}) could be read (e.g. "
@@ -422,8 +423,8 @@ def render_summary(result: EvalResult, console: Console) -> None:
     body = result.metrics
     ci = int(round(100 * body.get("bootstrap", {}).get("ci", 0.95)))
     binary = body.get("task") == "binary"
-    table = Table(title=f"{body.get('model', result.run_dir.name)} on {body.get('eval_name', result.split)} "
-                  f"({body.get('n')} images, {body.get('n_patients')} patients)")  # fmt: skip
+    table = Table(title=escape(f"{body.get('model', result.run_dir.name)} on {body.get('eval_name', result.split)} "
+                  f"({body.get('n')} images, {body.get('n_patients')} patients)"))  # fmt: skip
     table.add_column("Metric")
     threshold = body.get("threshold")
     table.add_column(
@@ -433,10 +434,10 @@ def render_summary(result: EvalResult, console: Console) -> None:
     if has05:
         table.add_column(f"at 0.5 [{ci}% CI]", justify="right")
     for label, value, at05 in headline_rows(body):
-        table.add_row(label, _cell(value), *([_cell(at05) if at05 is not None else "-"] if has05 else []))
+        table.add_row(escape(label), _cell(value), *([_cell(at05) if at05 is not None else "-"] if has05 else []))
     console.print(table)
     counts = ", ".join(f"{k} {v}" for k, v in body.get("class_counts", {}).items())
-    console.print(f"class counts: {counts}")
+    console.print(f"class counts: {escape(counts)}")
     boot = body.get("bootstrap", {})
     console.print(f"CIs: percentile bootstrap over {boot.get('unit', 'patient')}s, {boot.get('n')} resamples")
     if binary:
@@ -459,5 +460,5 @@ def render_summary(result: EvalResult, console: Console) -> None:
     console.print(
         f"{body.get('seconds', 0):.1f} s, {body.get('images_per_s') or 0:.0f} images/s on {body.get('device')}"
     )
-    console.print(f"report: [bold]{result.report_path}[/]")
+    console.print(f"report: [bold]{escape(str(result.report_path))}[/]")
     console.print(f"[italic]{DISCLAIMER}[/]")

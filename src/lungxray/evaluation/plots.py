@@ -44,9 +44,12 @@ _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write ``fig`` as an image (format from the suffix, PNG recommended); creates parent folders."""
+    from lungxray.io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    with atomic_path(path) as tmp:  # atomic and durable; the temp name hides the format: pass it
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight",
+                    facecolor="white")  # fmt: skip
     return path
 
 

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lungxray.config import Config
 from lungxray.errors import RunError
+from lungxray.io import atomic_write_with
 from lungxray.rundir import save_weights, write_history
 from lungxray.training.state import HISTORY_FIELDS, TrainResult, TrainState
 
@@ -91,9 +92,8 @@ def save_checkpoint(trainer: TrainerLike, state: TrainState, path: Path) -> None
         "state": scalars,
         "history": history,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    # unique temp + fsync + rename: a crash mid-save leaves the previous checkpoint.pt whole
+    atomic_write_with(path, lambda tmp: torch.save(blob, tmp))
 
 
 def load_checkpoint(trainer: TrainerLike, path: Path) -> TrainState:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from lungxray.config import Config
 from lungxray.data.cache import cache_images
@@ -24,6 +25,7 @@ class PreparedData:
     images: np.ndarray  # (N, S, S) uint8, aligned with manifest
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
     cache_stats: dict[str, float] = field(default_factory=dict)
+    sha1s: tuple[str, ...] = ()  # content hash per manifest row (what a resumed run checks)
 
 
 def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
@@ -40,24 +42,36 @@ def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
     return m.subset(np.sort(np.array(keep)))
 
 
-def prepare_data(cfg: Config, *, progress: bool = True, console: Console | None = None) -> PreparedData:
+MAX_UNREADABLE = 0.01  # share of a split that may be unreadable (at least one file) before training refuses
+
+
+def prepare_data(
+    cfg: Config, *, progress: bool = True, console: Console | None = None, manifest: Manifest | None = None
+) -> PreparedData:
     """Manifest from ``cfg.data`` -> splits by patient -> cached (N, S, S) uint8 images.
 
-    Unreadable files are reported on ``console`` and dropped. Raises DataError when the train or val
-    split ends up empty.
+    ``manifest`` (a resumed run's splits.csv) is used as it is instead of loading and splitting
+    ``cfg.data``. Unreadable files are reported on ``console`` and dropped. Raises DataError when more
+    than 1% of a split (and more than one file) is unreadable, or the train or val split ends up empty.
     """
     d = cfg.data
-    m = load_manifest(d)
-    if d.max_images:
-        # subsample before splitting so val/test fractions stay as asked
-        m = _subsample(m, d.max_images, cfg.train.seed)
-    m = assign_splits(m, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
+    if manifest is not None:
+        m = manifest
+    else:
+        m = load_manifest(d)
+        if d.max_images:
+            # subsample before splitting so val/test fractions stay as asked
+            m = _subsample(m, d.max_images, cfg.train.seed)
+        m = assign_splits(m, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
     cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress)
+    sha1s = tuple(i["sha1"] if i else "" for i in cached.info)
     if not cached.ok.all():
+        _check_unreadable(m, cached.ok, cached.errors)
         if console:
             console.print(f"[yellow]{int((~cached.ok).sum())} unreadable image(s) skipped:[/]")
             for path, reason in list(cached.errors.items())[:10]:
-                console.print(f"  {path}: {reason}")
+                console.print(f"  {escape(path)}: {escape(reason)}")
+        sha1s = tuple(sha1s[i] for i in np.flatnonzero(cached.ok))
         keep = np.flatnonzero(cached.ok)
         m = m.subset(keep)
         images = np.asarray(cached.images)[keep]
@@ -72,7 +86,24 @@ def prepare_data(cfg: Config, *, progress: bool = True, console: Console | None 
         "reused": cached.reused,
         "images_per_s": cached.images_per_s,
     }
-    return PreparedData(manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats)
+    return PreparedData(
+        manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats, sha1s=sha1s
+    )
+
+
+def _check_unreadable(m: Manifest, ok: np.ndarray, errors: dict[str, str]) -> None:
+    """DataError when more than ``MAX_UNREADABLE`` of a split (and more than one file) failed to decode."""
+    splits = np.asarray(m.splits)
+    for split in dict.fromkeys(m.splits):
+        rows = splits == split
+        bad = int((~ok[rows]).sum())
+        if bad > max(1, MAX_UNREADABLE * int(rows.sum())):
+            failed = [m.paths[i] for i in np.flatnonzero(rows & ~ok)]
+            examples = "; ".join(f"{p}: {errors.get(p, '?')}" for p in failed[:3])
+            raise DataError(
+                f"{bad} of {int(rows.sum())} images of the {split or 'unassigned'} split cannot be read "
+                f"(more than {MAX_UNREADABLE:.0%}), e.g. {examples}. Fix or remove them."
+            )
 
 
 def epoch_order(m: Manifest, train_idx: np.ndarray, balance: str, g: torch.Generator) -> np.ndarray:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 from lungxray.config import Config
 from lungxray.errors import RunError
+from lungxray.io import run_lock
 from lungxray.training.data import prepare_data
 from lungxray.training.loop import Trainer
+from lungxray.training.resume import check_resumed, record_data, resume_manifest
 from lungxray.training.state import TrainResult
 
 
@@ -16,21 +19,32 @@ def train(
 ) -> TrainResult:
     """Prepare the data of ``cfg`` and train with the standard callbacks (calibration at the end).
 
-    ``resume`` continues ``cfg.run_dir`` from its checkpoint.pt (with the run's own config.yaml).
-    Raises RunError when ``cfg.run_dir`` already holds a finished run and ``resume`` is off.
+    ``resume`` continues ``cfg.run_dir`` from its checkpoint.pt (with the run's own config.yaml and
+    splits.csv, refused when a listed file is missing or changed: ``lungxray.training.resume``).
+    The run directory is locked for the whole call (RunError if another process holds it). Raises
+    RunError when ``cfg.run_dir`` already holds a finished run and ``resume`` is off.
     """
     console = console or Console(quiet=not progress)
     cfg.validate()
-    if resume and (cfg.run_dir / "config.yaml").is_file():
-        from lungxray.config import load_config
+    with run_lock(cfg.run_dir):
+        if resume and (cfg.run_dir / "config.yaml").is_file():
+            from lungxray.config import load_config
 
-        cfg = load_config(cfg.run_dir / "config.yaml")
-    elif (cfg.run_dir / "model.json").exists() and not resume:
-        raise RunError(f"{cfg.run_dir} already holds a finished run; choose another --out or delete it.")
-    data = prepare_data(cfg, progress=progress, console=console)
-    m = data.manifest
-    console.print(
-        f"data: {len(m)} images, task {m.task}, classes {list(m.classes)}; "
-        + ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test"))
-    )
-    return Trainer(cfg, data, console=console, progress=progress).fit(resume=resume)
+            # the run's own recipe, writing where it was asked to (a moved run must not write its old path)
+            cfg = load_config(cfg.run_dir / "config.yaml", {"out": str(cfg.run_dir)})
+        elif (cfg.run_dir / "model.json").exists() and not resume:
+            raise RunError(f"{cfg.run_dir} already holds a finished run; choose another --out or delete it.")
+        if resume and not (cfg.run_dir / "checkpoint.pt").is_file():
+            raise RunError(f"cannot resume: {cfg.run_dir / 'checkpoint.pt'} does not exist.")
+        manifest = resume_manifest(cfg.run_dir) if resume else None
+        data = prepare_data(cfg, progress=progress, console=console, manifest=manifest)
+        if resume:
+            check_resumed(cfg.run_dir, data.manifest, data.sha1s)
+        else:
+            record_data(cfg.run_dir, data.manifest, data.sha1s)
+        m = data.manifest
+        console.print(
+            f"data: {len(m)} images, task {m.task}, classes {escape(str(list(m.classes)))}; "
+            + ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test"))
+        )
+        return Trainer(cfg, data, console=console, progress=progress).fit(resume=resume)

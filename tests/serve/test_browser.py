@@ -171,15 +171,15 @@ def test_phone_layout_and_error_message(browser, base_url: str, tmp_path: Path) 
 def test_page_asks_for_the_api_key(browser, tiny_run: Path) -> None:
     from lungxray.serve.app import create_app
 
-    with serving(create_app(tiny_run, api_key="page-key")) as url:
+    with serving(create_app(tiny_run, api_key="page-key-0123456789")) as url:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(url + "/")
         sync_api.expect(page.locator("#key-form")).to_be_visible(timeout=20_000)
         sync_api.expect(page.locator("#error")).to_contain_text("API key")
-        page.fill("#api-key", "page-key")
+        page.fill("#api-key", "page-key-0123456789")
         page.click("#key-form button")
         sync_api.expect(page.locator("#model-badge")).to_contain_text("Model:", timeout=20_000)
         sync_api.expect(page.locator("#key-form")).to_be_hidden()
-        assert page.evaluate("sessionStorage.getItem('lungxray.apiKey')") == "page-key"
+        assert page.evaluate("sessionStorage.getItem('lungxray.apiKey')") == "page-key-0123456789"
         context.close()

@@ -162,7 +162,9 @@ def create_app(
     run_card = service.card
     classes = list(run_card.classes)
     index_html = _index_html()
-    monitor, drift_source = _drift_monitor(service, drift_window, drift_min_samples) if drift else (None, "off")
+    monitor, drift_source = (
+        _drift_monitor(service, drift_window, drift_min_samples) if drift else (None, "off")
+    )
     mon = Monitoring(drift=monitor)
 
     @contextlib.asynccontextmanager
@@ -198,7 +200,12 @@ def create_app(
         result = mon.drift()
         if result is None:
             return None
-        return {"fired": result.fired, "p_value": result.p_value, "n": result.n_sample, "summary": result.summary}
+        return {
+            "fired": result.fired,
+            "p_value": result.p_value,
+            "n": result.n_sample,
+            "summary": result.summary,
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -196,7 +196,9 @@ def _analyze(predictor: Any, data: bytes, name: str, heatmap: bool) -> dict[str,
     from lungxray.predict import Source, predict_records
 
     # The server's lower pixel cap: many decodes may run at once.
-    source = Source(name, lambda: imageio.read_image_bytes(data, name=name, max_pixels=imageio.SERVER_MAX_PIXELS))
+    source = Source(
+        name, lambda: imageio.read_image_bytes(data, name=name, max_pixels=imageio.SERVER_MAX_PIXELS)
+    )
     rec = next(predict_records(predictor, [source], batch_size=1))
     if rec.error is not None:
         raise ImageReadError(name, rec.error)

@@ -150,7 +150,10 @@ class MultipartReader:
         self._check_header()
 
     def _check_header(self) -> None:
-        if len(self._field) + len(self._value) + sum(len(v) for v in self._headers.values()) > MAX_PART_HEADER:
+        if (
+            len(self._field) + len(self._value) + sum(len(v) for v in self._headers.values())
+            > MAX_PART_HEADER
+        ):
             raise UploadError(400, "a form part's headers are too long.")
 
     def _header_end(self) -> None:

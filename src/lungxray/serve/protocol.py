@@ -38,7 +38,8 @@ class GuardedH11Protocol(H11Protocol):
         self._opened = self.loop.time()
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm_header_timer()
-        if len(self.connections) > self.max_connections:
+        live = sum(1 for c in self.connections if not c.transport.is_closing())
+        if live > self.max_connections:
             self._evict()
 
     def waiting_for_headers(self) -> bool:
@@ -59,7 +60,10 @@ class GuardedH11Protocol(H11Protocol):
         idle = [
             c
             for c in self.connections
-            if c is not self and isinstance(c, GuardedH11Protocol) and c.waiting_for_headers()
+            if c is not self
+            and isinstance(c, GuardedH11Protocol)
+            and not c.transport.is_closing()  # closed, its connection_lost not yet run
+            and c.waiting_for_headers()
         ]
         if idle:
             victim = min(idle, key=lambda c: c._opened)

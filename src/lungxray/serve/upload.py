@@ -26,6 +26,7 @@ RAW_TYPES = ("application/octet-stream", "application/dicom", "image/")
 FILE_FIELD = "file"
 MAX_PARTS = 8  # a form with the image and a few small fields; more parts are refused
 MAX_PART_HEADER = 8 * 1024  # bytes of one part's headers
+FEED_BATCH = 1 << 20  # bytes of multipart body handed to the parser thread at once
 
 
 class UploadError(Exception):
@@ -263,11 +264,15 @@ async def receive_upload(
         total += len(chunk)
         if total > limit:
             raise too_large(limit)
-        if reader is None:
-            buf += chunk
-        elif chunk and await asyncio.to_thread(reader.feed, chunk):
-            break
-        if not message.get("more_body", False):
+        buf += chunk
+        more = message.get("more_body", False)
+        # Multipart: parse in a worker thread, the first chunk at once (a part flood is refused
+        # before the rest arrives), then in batches of FEED_BATCH bytes (fewer thread hops).
+        if reader is not None and buf and (total == len(buf) or len(buf) >= FEED_BATCH or not more):
+            batch, buf = bytes(buf), bytearray()
+            if await asyncio.to_thread(reader.feed, batch):
+                break
+        if not more:
             break
     if reader is not None:
         return await asyncio.to_thread(reader.result)

@@ -71,6 +71,9 @@ def test_metrics_scraped_by_the_prometheus_parser(keyed: TestClient) -> None:
     assert s[("lungxray_score_count", ())] >= 1
     assert s[("lungxray_ood_distance_count", ())] >= 1
     assert s[("lungxray_drift", ())] == 0  # fewer than 50 predictions: no check yet
+    keyed.get("/health", headers={"Host": "evil.example"})
+    s = scrape(keyed, **auth)
+    assert s[("lungxray_requests_total", (("route", "other"), ("status", "400")))] >= 1  # refusals count too
 
 
 def _unseen_chest_xrays(run: Path, n: int) -> list[Path]:
@@ -154,7 +157,9 @@ def test_host_and_origin_checks(keyed: TestClient) -> None:
     assert keyed.get("/health").status_code == 200
     assert keyed.get("/health", headers={"Host": "127.0.0.1:8000"}).status_code == 200
     assert keyed.get("/health", headers={"Host": "[::1]:8000"}).status_code == 200
-    assert keyed.get("/", headers={"Host": "evil.example:8000"}).status_code == 400  # DNS rebinding
+    rebound = keyed.get("/", headers={"Host": "evil.example:8000"})
+    assert rebound.status_code == 400  # DNS rebinding
+    assert "default-src 'self'" in rebound.headers["content-security-policy"]
     auth = {"X-API-Key": KEY}
     files = {"file": ("x.png", b"not an image")}
     for origin in ("http://evil.example", "null"):

@@ -184,9 +184,10 @@ def create_app(
     app.state.max_bytes = max_bytes
     app.state.monitoring = mon
     app.state.drift_source = drift_source
-    app.add_middleware(MonitoringMiddleware, monitoring=mon)
-    app.add_middleware(SecurityHeaders)
+    # The last added runs first: every request is counted, refusals of the guard carry the headers.
     app.add_middleware(HostOriginGuard, allowed_hosts=tuple(allowed_hosts or LOOPBACK_HOSTS))
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(MonitoringMiddleware, monitoring=mon)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     guarded = [Depends(key_checker(api_key))]
     model_meta = {

@@ -298,14 +298,31 @@ def serve(
     run: Annotated[str, typer.Argument(help="Run directory.")],
     host: Annotated[str, Opt(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="Port.")] = 8000,
-    api_key: Annotated[str | None, Opt(envvar="LUNGXRAY_API_KEY", help="Require this key on /api/*.")] = None,
+    api_key: Annotated[
+        str | None, Opt(envvar="LUNGXRAY_API_KEY", help="Require this key (>= 16 chars) on /api/*.")
+    ] = None,
+    api_key_file: Annotated[str | None, Opt(help="Read the key from this file (first line).")] = None,
+    insecure: Annotated[bool, Opt(help="Allow a non-loopback bind without a key.")] = False,
+    allowed_host: Annotated[
+        list[str] | None, Opt(help="Extra Host name the server answers to (e.g. the proxy's); repeatable.")
+    ] = None,
     max_upload_mb: Annotated[float, Opt(help="Largest upload accepted (MB).")] = 20.0,
     workers: Annotated[int, Opt(help="Inference threads.")] = 1,
 ) -> None:
-    """Web page and REST API for one run (decision support, not diagnosis)."""
+    """Web page and REST API for one run (decision support, not diagnosis). See docs/serving.md."""
     from lungxray.serve.app import run_server
 
-    run_server(run, host=host, port=port, api_key=api_key, max_upload_mb=max_upload_mb, workers=workers)
+    run_server(
+        run,
+        host=host,
+        port=port,
+        api_key=api_key,
+        api_key_file=api_key_file,
+        insecure=insecure,
+        allowed_hosts=allowed_host or (),
+        max_upload_mb=max_upload_mb,
+        workers=workers,
+    )
 
 
 @app.command()

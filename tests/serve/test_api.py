@@ -29,6 +29,7 @@ from lungxray.runcard import RunCard
 from lungxray.serve.app import create_app  # noqa: E402
 from lungxray.serve.upload import safe_filename  # noqa: E402
 
+LOCAL = "http://localhost"  # the Host check answers loopback names only
 XRAY = CHEST_XRAY / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
 NORMAL = CHEST_XRAY / "test" / "NORMAL" / "IM-0001-0001.jpeg"
 
@@ -40,7 +41,7 @@ def xray_bytes() -> bytes:
 
 @pytest.fixture(scope="module")
 def client(tiny_run: Path) -> TestClient:
-    with TestClient(create_app(tiny_run)) as c:
+    with TestClient(create_app(tiny_run), base_url=LOCAL) as c:
         yield c
 
 
@@ -175,7 +176,7 @@ def test_safe_filename(raw: str | None, clean: str) -> None:
 
 
 def test_upload_over_limit_is_413(tiny_run: Path, xray_bytes: bytes) -> None:
-    small = TestClient(create_app(tiny_run, max_upload_mb=0.01))  # 10,485 bytes
+    small = TestClient(create_app(tiny_run, max_upload_mb=0.01), base_url=LOCAL)  # 10,485 bytes
     big = np.random.default_rng(0).bytes(50_000)
     r = small.post("/api/predict", files={"file": ("big.png", big)})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
@@ -221,7 +222,7 @@ async def _drive(app, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -
         "raw_path": b"/api/predict",
         "query_string": b"heatmap=false",
         "root_path": "",
-        "headers": headers,
+        "headers": [(b"host", b"localhost"), *headers],
         "client": ("127.0.0.1", 1234),
         "server": ("testserver", 80),
     }
@@ -246,18 +247,18 @@ def test_413_is_decided_before_the_body_is_read(tiny_run: Path) -> None:
 
 
 def test_api_key_required_on_api_only(tiny_run: Path, xray_bytes: bytes) -> None:
-    c = TestClient(create_app(tiny_run, api_key="s3cret-key"))
+    c = TestClient(create_app(tiny_run, api_key="s3cret-key-0123456789"), base_url=LOCAL)
     assert c.get("/api/model").status_code == 401
     assert c.get("/api/model", headers={"X-API-Key": "wrong"}).status_code == 401
     assert c.get("/api/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
     r = c.post("/api/predict", files={"file": ("x.jpeg", xray_bytes)})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    assert c.get("/api/model", headers={"X-API-Key": "s3cret-key"}).status_code == 200
-    assert c.get("/api/model", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    assert c.get("/api/model", headers={"X-API-Key": "s3cret-key-0123456789"}).status_code == 200
+    assert c.get("/api/model", headers={"Authorization": "Bearer s3cret-key-0123456789"}).status_code == 200
     ok = c.post(
         "/api/predict?heatmap=false",
         files={"file": ("x.jpeg", xray_bytes)},
-        headers={"X-API-Key": "s3cret-key"},
+        headers={"X-API-Key": "s3cret-key-0123456789"},
     )
     assert ok.status_code == 200
     assert c.get("/health").status_code == 200  # open: for load balancers
@@ -283,7 +284,7 @@ def test_full_queue_answers_503_with_retry_after(tiny_run: Path, xray_bytes: byt
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, int]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as c:
             files = {"file": ("x.jpeg", xray_bytes)}
             first = asyncio.create_task(c.post("/api/predict?heatmap=false", files=files))
             assert await asyncio.to_thread(started.wait, 30)
@@ -342,7 +343,7 @@ def test_model_card_includes_test_metrics(tiny_run: Path, tmp_path: Path) -> Non
     )
     (run / "eval" / "test").mkdir(parents=True)
     (run / "eval" / "test" / "metrics.json").write_text(json.dumps(metrics))
-    card = TestClient(create_app(run)).get("/api/model").json()
+    card = TestClient(create_app(run), base_url=LOCAL).get("/api/model").json()
     assert card["test_metrics"]["auc"] == metrics["auc"]
     assert {"value", "ci_low", "ci_high"} <= set(card["test_metrics"]["sensitivity"])
     assert not any("evaluate" in item for item in card["limitations"])
@@ -419,7 +420,7 @@ def test_one_upload_is_decoded_and_scored_once(tiny_run: Path, xray_bytes: bytes
     monkeypatch.setattr(
         predictor, "predict_images", lambda x, **kw: forwards.append(len(x)) or real_forward(x, **kw)
     )
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = post_file(c, xray_bytes, "x.jpeg")
     assert r.status_code == 200 and r.json()["heatmap_target"] == "PNEUMONIA"
     assert decodes == [1] and forwards == [1]

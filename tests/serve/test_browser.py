@@ -171,15 +171,55 @@ def test_phone_layout_and_error_message(browser, base_url: str, tmp_path: Path) 
 def test_page_asks_for_the_api_key(browser, tiny_run: Path) -> None:
     from lungxray.serve.app import create_app
 
-    with serving(create_app(tiny_run, api_key="page-key")) as url:
+    with serving(create_app(tiny_run, api_key="page-key-0123456789")) as url:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(url + "/")
         sync_api.expect(page.locator("#key-form")).to_be_visible(timeout=20_000)
         sync_api.expect(page.locator("#error")).to_contain_text("API key")
-        page.fill("#api-key", "page-key")
+        page.fill("#api-key", "page-key-0123456789")
         page.click("#key-form button")
         sync_api.expect(page.locator("#model-badge")).to_contain_text("Model:", timeout=20_000)
         sync_api.expect(page.locator("#key-form")).to_be_hidden()
-        assert page.evaluate("sessionStorage.getItem('lungxray.apiKey')") == "page-key"
+        assert page.evaluate("sessionStorage.getItem('lungxray.apiKey')") == "page-key-0123456789"
+        context.close()
+
+
+def test_warnings_before_the_score_and_drift_banner(browser, tiny_run: Path, monkeypatch) -> None:
+    """A prediction's warnings (DICOM header checks; monkeypatched here) show above the summary, and a
+    firing drift check shows a banner in the page header."""
+    import types
+
+    import lungxray.serve.service as service
+    from lungxray.serve.app import create_app
+
+    require_data(XRAY)
+    real = service._analyze
+
+    def with_warning(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["prediction"].warnings = ["adult age (54Y) but the model was trained on children"]
+        return out
+
+    monkeypatch.setattr(service, "_analyze", with_warning)
+    app = create_app(tiny_run, drift=False)
+    fired = types.SimpleNamespace(fired=True, p_value=1e-9, n_sample=200, summary="differs")
+    app.state.monitoring.drift = lambda: fired
+    with serving(app) as url:
+        context, page = open_page(browser, url, 1280, 900)
+        sync_api.expect(page.locator("#drift-banner")).to_be_visible(timeout=20_000)
+        sync_api.expect(page.locator("#drift-banner")).to_contain_text("drift")
+        sync_api.expect(page.locator("#card-body")).to_contain_text("Intended population")
+        sync_api.expect(page.locator("#card-body")).to_contain_text("Calibration in force")
+        upload_and_wait(page, XRAY)
+        box = page.locator("#pred-warnings")
+        sync_api.expect(box).to_be_visible()
+        sync_api.expect(box).to_contain_text("adult age (54Y)")
+        above = page.evaluate(
+            "() => document.getElementById('pred-warnings').getBoundingClientRect().bottom <= "
+            "document.getElementById('summary').getBoundingClientRect().top"
+        )
+        assert above
+        page.screenshot(path=str(artifacts_dir() / "serve-warnings-1280.png"), full_page=True)
+        assert page.problems == []
         context.close()

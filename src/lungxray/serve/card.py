@@ -109,7 +109,14 @@ def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
         "intended_use": INTENDED_USE,
         "limitations": _limitations(run_card, training, metrics),
         "disclaimer": run_card.disclaimer or DISCLAIMER,
-        "population": run_card.population,
+        "population": run_card.population or "not stated",
+        "calibration": {
+            "name": cal.name,
+            "split": cal.split,
+            "strategy": cal.strategy,
+            "threshold": cal.threshold,
+            "created": cal.created,
+        },
         "calibrations": [c.to_dict() for c in run_card.calibrations],
     }
     return card

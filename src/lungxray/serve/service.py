@@ -97,10 +97,28 @@ class InferenceService:
     def _release(self) -> None:
         self._pending = max(0, self._pending - 1)
 
+    def admit(self) -> None:
+        """Take a queue slot before the upload is read (on the event loop); give it back with
+        ``release`` or hand it to ``analyze(..., admitted=True)``.
+
+        Raises:
+            Busy: ``capacity`` requests are already being read, running or waiting.
+        """
+        if self._pending >= self.capacity:
+            raise Busy(self.retry_after(), self._pending)
+        self._pending += 1
+
+    def release(self) -> None:
+        """Give back a slot taken by ``admit`` that never reached ``analyze``."""
+        self._release()
+
     # ------------------------------------------------------------------------------ inference
 
-    async def analyze(self, data: bytes, name: str, *, heatmap: bool = True) -> dict[str, Any]:
-        """``analyze_sync`` on a worker thread, if the queue has room.
+    async def analyze(
+        self, data: bytes, name: str, *, heatmap: bool = True, admitted: bool = False
+    ) -> dict[str, Any]:
+        """``analyze_sync`` on a worker thread, if the queue has room (``admitted``: the caller
+        already holds a slot from ``admit``, which this call now owns and releases).
 
         The slot is released when the worker really finishes (not when a disconnected client's
         coroutine is cancelled), so ``capacity`` bounds the work the server holds.
@@ -109,17 +127,20 @@ class InferenceService:
             Busy: ``capacity`` requests are already running or waiting.
             ImageReadError: the bytes are not a readable image.
         """
-        if self._pending >= self.capacity:
-            raise Busy(self.retry_after(), self._pending)
+        if not admitted:
+            self.admit()
         loop = asyncio.get_running_loop()
-        self._pending += 1
         submitted = time.perf_counter()
 
         def finished(_: object) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed at shutdown
                 loop.call_soon_threadsafe(self._release)
 
-        future = self._executor.submit(self.analyze_sync, data, name, heatmap, submitted)
+        try:
+            future = self._executor.submit(self.analyze_sync, data, name, heatmap, submitted)
+        except BaseException:
+            self._release()
+            raise
         future.add_done_callback(finished)
         return await asyncio.wrap_future(future)
 
@@ -144,6 +165,14 @@ class InferenceService:
         out["timing"]["queue"] = waited
         return out
 
+    def with_predictor(self, fn: Any) -> Any:
+        """``fn(predictor)`` with a free predictor of the pool (on the calling thread)."""
+        predictor = self._free.get()
+        try:
+            return fn(predictor)
+        finally:
+            self._free.put(predictor)
+
     def warmup(self) -> None:
         """Run every predictor once on a synthetic image, so the first upload does not pay for the
         lazy imports (Grad-CAM, matplotlib) and the model copies (seconds on a busy CPU)."""
@@ -161,11 +190,16 @@ class InferenceService:
 
 def _analyze(predictor: Any, data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
     """One upload through the prediction pass (decoded once), then Grad-CAM on the same record."""
+    from lungxray.data import imageio
     from lungxray.data.preprocess import to_model_input
     from lungxray.errors import ImageReadError
     from lungxray.predict import Source, predict_records
 
-    rec = next(predict_records(predictor, [Source.upload(data, name)], batch_size=1))
+    # The server's lower pixel cap: many decodes may run at once.
+    source = Source(
+        name, lambda: imageio.read_image_bytes(data, name=name, max_pixels=imageio.SERVER_MAX_PIXELS)
+    )
+    rec = next(predict_records(predictor, [source], batch_size=1))
     if rec.error is not None:
         raise ImageReadError(name, rec.error)
     timing = {"decode": rec.seconds["decode"], "predict": rec.seconds["predict"]}

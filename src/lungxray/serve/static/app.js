@@ -64,6 +64,8 @@
     switch (response.status) {
       case 401:
         return "This server needs an API key, or the key given was not accepted. Enter it below.";
+      case 408:
+        return `The upload was too slow: ${detail}`;
       case 413:
         return `The file is too large: ${detail}`;
       case 415:
@@ -82,6 +84,22 @@
   function askForKey() {
     $("key-form").hidden = false;
     $("api-key").focus();
+  }
+
+  // ----------------------------------------------------------------------------- drift banner
+
+  async function loadHealth() {
+    try {
+      const response = await fetch("/health");
+      if (!response.ok) return;
+      const h = await response.json();
+      const warnings = Array.isArray(h.warnings) ? h.warnings : [];
+      const banner = $("drift-banner");
+      banner.textContent = warnings.length ? `Warning: ${warnings.join(" ")}` : "";
+      banner.hidden = warnings.length === 0;
+    } catch (_) {
+      // the model card's fetch reports an unreachable server
+    }
   }
 
   // ----------------------------------------------------------------------------- model card
@@ -133,6 +151,12 @@
     if (c.positive_class) fact("Positive class", c.positive_class);
     if (c.threshold !== null && c.threshold !== undefined) fact("Threshold", `${fmt(c.threshold, 3)}, ${c.threshold_note}`);
     else fact("Decision rule", c.threshold_note);
+    fact("Intended population", c.population || "not stated");
+    if (c.calibration) {
+      const k = c.calibration;
+      const th = k.threshold !== null && k.threshold !== undefined ? `threshold ${fmt(k.threshold, 3)}, ` : "";
+      fact("Calibration in force", `${th}${k.strategy} on ${k.split}${k.created ? `, ${k.created}` : ""}`);
+    }
     fact("Input", `${c.input_size} \u00d7 ${c.input_size} px grayscale`);
     if (c.training) {
       const parts = Object.entries(c.training.counts || {}).map(
@@ -196,6 +220,13 @@
     $("result").hidden = false;
     $("result-file").textContent = r.filename ? `for ${r.filename}` : "";
     $("ood-banner").hidden = !(r.ood && r.ood.flag);
+    // Warnings (e.g. from the DICOM header: a lateral view, an adult in a pediatric model) come
+    // before the score, so they are read first.
+    const warnings = Array.isArray(r.warnings) ? r.warnings : [];
+    const box = $("pred-warnings");
+    box.replaceChildren(el("strong", {}, "Check before reading the result:"),
+      el("ul", {}, ...warnings.map((w) => el("li", {}, String(w)))));
+    box.hidden = warnings.length === 0;
     const summary = $("summary");
     summary.textContent = r.summary;
     const flagged = r.task === "binary" ? r.label === r.positive_class : r.task === "multilabel" ? r.label.length > 0 : false;
@@ -273,6 +304,7 @@
         return;
       }
       renderResult(await response.json());
+      loadHealth();
       $("result").scrollIntoView({ behavior: "smooth", block: "nearest" });
     } catch (err) {
       showError(`Could not reach the server (${err.message}).`);
@@ -314,6 +346,7 @@
       loadModel();
     });
     loadModel();
+    loadHealth();
   }
 
   document.addEventListener("DOMContentLoaded", init);

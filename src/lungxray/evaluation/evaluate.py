@@ -33,6 +33,7 @@ from rich.table import Table
 from lungxray import DISCLAIMER, __version__
 from lungxray.config import Config, load_config
 from lungxray.data.cache import cache_images
+from lungxray.data.rows import take_rows
 from lungxray.data.imageio import read_image
 from lungxray.data.manifest import SPLITS, Manifest
 from lungxray.data.preprocess import to_model_input
@@ -330,7 +331,7 @@ def evaluate_run(
             f"{unreadable[0]['path']}: {unreadable[0]['reason']}); if the data moved, pass it with --data."
         )
     keep = np.flatnonzero(cached.ok)
-    images = np.array(cached.images[keep])  # a writable copy (torch warns on read-only memmaps)
+    images = take_rows(cached.images, keep)  # readable rows, read per batch (writable batch copies)
     m = m.subset(keep)
     t_decode = time.perf_counter()
 

@@ -12,6 +12,7 @@ from lungxray.config import Config
 from lungxray.data.cache import cache_images
 from lungxray.data.manifest import Manifest
 from lungxray.data.readers import load_manifest
+from lungxray.data.rows import RowView, take_rows
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError
 
@@ -21,7 +22,8 @@ class PreparedData:
     """A manifest with every split assigned and its images decoded: rows of failed files removed."""
 
     manifest: Manifest
-    images: np.ndarray  # (N, S, S) uint8, aligned with manifest
+    # (N, S, S) uint8 aligned with manifest: the cache memmap, or a RowView of its readable rows (never a copy)
+    images: np.ndarray | RowView
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
     cache_stats: dict[str, float] = field(default_factory=dict)
 
@@ -60,7 +62,7 @@ def prepare_data(cfg: Config, *, progress: bool = True, console: Console | None 
                 console.print(f"  {path}: {reason}")
         keep = np.flatnonzero(cached.ok)
         m = m.subset(keep)
-        images = np.asarray(cached.images)[keep]
+        images = take_rows(cached.images, keep)  # readable rows by index: no (N, S, S) copy
     else:
         images = cached.images
     for split in ("train", "val"):

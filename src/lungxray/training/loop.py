@@ -20,6 +20,7 @@ from rich.console import Console
 
 from lungxray.config import Config, save_config
 from lungxray.data.augment import Augment
+from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import validation_scores
 from lungxray.inference import DEFAULT_NORMALIZATION, fast_paths, predict_batches, resolve_device, to_input
@@ -213,7 +214,7 @@ class Trainer:
     def predict(self, model: torch.nn.Module, rows: np.ndarray, *, features: bool = False):
         """Probabilities (and penultimate features) of the given rows, through the shared inference path."""
         return predict_batches(
-            model, self.data.images[rows], task=self.task, normalization=DEFAULT_NORMALIZATION,
+            model, take_rows(self.data.images, rows), task=self.task, normalization=DEFAULT_NORMALIZATION,
             device=self.device, in_chans=self.in_chans, features=features, amp=self.amp,
             channels_last=self.cfg.train.channels_last,
         )  # fmt: skip

@@ -221,12 +221,14 @@ def compare(
 def predict(
     run: Annotated[str, typer.Argument(help="Run directory.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files or folders.")],
-    out: Annotated[str | None, Opt(help="Write results to a .csv or .json file.")] = None,
+    out: Annotated[str | None, Opt(help="Write results to a .csv (streamed, resumable) or .json file.")] = None,
     heatmaps: Annotated[str | None, Opt(help="Also write Grad-CAM overlays to this folder.")] = None,
     batch_size: Annotated[int, Opt(help="Images per forward pass.")] = 32,
+    workers: Annotated[int, Opt(help="Decoding processes for a streamed .csv (0: in this process).")] = 1,
+    resume: Annotated[bool, Opt(help="Skip files already in --out (.csv) or its .partial file.")] = False,
 ) -> None:
     """Predict new X-rays; bad files get a row with the reason; exit code 1 if any failed."""
-    from lungxray.predict import Predictor, render_predictions, write_predictions
+    from lungxray.predict import Predictor
 
     predictor = Predictor.load(run)
     writer = None
@@ -234,18 +236,34 @@ def predict(
         from lungxray.explain import HeatmapWriter
 
         writer = HeatmapWriter(predictor, heatmaps)
+    paths = predictor.expand_inputs(inputs)
+    if out and Path(out).suffix.lower() == ".csv":
+        from lungxray.predict_stream import predict_files_to_csv
+
+        failed = predict_files_to_csv(predictor, paths, out, heatmaps=writer, batch_size=batch_size,
+                                      workers=workers, resume=resume, console=console, err=err)  # fmt: skip
+    else:
+        if resume:
+            raise typer.BadParameter("--resume needs --out FILE.csv")
+        failed = _predict_in_memory(predictor, paths, out, writer, batch_size)
+    console.print(f"[dim]{DISCLAIMER}[/]")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
+    from lungxray.predict import render_predictions, write_predictions
+
     results = []
     # one pass: each record (decoded once) feeds the heatmaps, then only its Prediction is kept
-    for rec in predictor.records(predictor.expand_inputs(inputs), batch_size=batch_size):
+    for rec in predictor.records(paths, batch_size=batch_size):
         if writer is not None:
             writer.write(rec)
         results.append(rec.prediction)
     if out:
         write_predictions(results, out)
     render_predictions(results, console)
-    console.print(f"[dim]{DISCLAIMER}[/]")
-    if any(r.error for r in results):
-        raise typer.Exit(1)
+    return any(r.error for r in results)
 
 
 @app.command()

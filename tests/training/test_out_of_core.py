@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_training import make_cfg
 
 from conftest import CHEST_XRAY, require_data  # noqa: E402
-from helpers_training import make_cfg
 from lungxray.data import rows as rows_mod
 from lungxray.data.rows import RowView, read_rows, take_rows
 from lungxray.training import Trainer, prepare_data

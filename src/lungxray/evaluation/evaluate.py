@@ -33,11 +33,11 @@ from rich.table import Table
 from lungxray import DISCLAIMER, __version__
 from lungxray.config import Config, load_config
 from lungxray.data.cache import cache_images
-from lungxray.data.rows import take_rows
 from lungxray.data.imageio import read_image
 from lungxray.data.manifest import SPLITS, Manifest
 from lungxray.data.preprocess import to_model_input
 from lungxray.data.readers import load_manifest
+from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, ImageReadError, RunError, check_option
 from lungxray.evaluation import plots
 from lungxray.evaluation.metrics import evaluate_predictions

@@ -25,8 +25,8 @@ import yaml
 from rich.console import Console
 
 from lungxray.config import MONITORS, Config, apply_overrides, load_config, to_dict
-from lungxray.errors import ConfigError, ModelError, RunError, check_option
 from lungxray.data.rows import take_rows
+from lungxray.errors import ConfigError, ModelError, RunError, check_option
 from lungxray.tune.space import ParamSpec, parse_space, sample, trial_config
 
 PRUNERS = ("median", "hyperband", "none")

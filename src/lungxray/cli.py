@@ -267,6 +267,23 @@ def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
 
 
 @app.command()
+def bench(
+    data: Annotated[str, typer.Argument(help="Data folder (e.g. ../shared/data/chest_xray).")],
+    quick: Annotated[bool, Opt(help="A 1-2 minute CPU run: small subsets, short timings.")] = False,
+    config: Annotated[str | None, Opt(help="Training recipe (default configs/cpu-default.yaml).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the figures as JSON instead of a table.")] = False,
+) -> None:
+    """Cache build, training (fast paths on/off), prediction (torch vs ONNX), Grad-CAM and server figures."""
+    from lungxray.bench import render_bench, run_bench
+
+    result = run_bench(data, quick=quick, config=config, log=None if as_json else err.print)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        render_bench(result, console)
+
+
+@app.command()
 def explain(
     run: Annotated[str, typer.Argument(help="Run directory.")],
     images: Annotated[list[str], typer.Argument(help="Image files.")],

@@ -27,7 +27,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from lungxray.errors import ConfigError, ImageReadError
+from lungxray.data.decode import decode_paths
+from lungxray.errors import ConfigError
 from lungxray.predict import Prediction, Record, _forward
 from lungxray.predict_output import _FIELDS, _flat_row
 
@@ -51,24 +52,6 @@ class StreamStats:
     @property
     def done(self) -> int:
         return self.predicted + self.failed
-
-
-def decode_paths(paths: Sequence[str], size: int, resize: str) -> list[tuple[str, Any, str | None, float]]:
-    """Worker: files -> [(path, model input (S, S) uint8 | None, error | None, seconds)]."""
-    from lungxray.data import imageio
-    from lungxray.data.preprocess import to_model_input
-
-    out = []
-    for p in paths:
-        t0 = time.perf_counter()
-        try:
-            x, error = to_model_input(imageio.read_image(p), size, resize), None
-        except ImageReadError as exc:
-            x, error = None, exc.reason
-        except Exception as exc:  # a decoder bug on one file becomes that file's row
-            x, error = None, f"{type(exc).__name__}: {exc}"
-        out.append((p, x, error, time.perf_counter() - t0))
-    return out
 
 
 def decoded_stream(

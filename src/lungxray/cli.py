@@ -125,8 +125,13 @@ def train(
         list[str] | None, Opt("--set", help="Any config field: --set train.optimizer=sgd.")
     ] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+    nproc: Annotated[int, Opt(help="Processes (GPUs) on this node: relaunches under torchrun.")] = 1,
 ) -> None:
     """Train a model; writes the run directory (config, weights, model.json, splits, history)."""
+    if nproc > 1 and "WORLD_SIZE" not in __import__("os").environ:
+        from lungxray.training.distributed import launch, strip_nproc
+
+        raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
     from lungxray.config import load_config, parse_overrides
     from lungxray.training import train as run_train
 

@@ -115,3 +115,28 @@ def test_cli_predict_streams_csv_and_resumes(predictor, tmp_path, capsys):
     main([*argv, "--resume"])
     assert "12 already in" in " ".join(capsys.readouterr().out.split())
     assert len(read_predictions_csv(out)) == 12
+
+
+def test_bench_table_renders_every_measure():
+    import io
+
+    from rich.console import Console
+
+    from lungxray.bench import render_bench
+
+    tr = {"model": "cnn-small", "size": 64, "batch_size": 32, "bf16": False, "channels_last": False}
+    result = {
+        "machine": {"cpu": "X", "cores": 2, "torch": "2", "torch_threads": 1, "python": "3.11", "device": "cpu"},
+        "cache": {"images_per_s": 10.0, "files": 4, "size": 64, "warm_load_seconds": 0.1},
+        "train": [{"variant": "recipe", "images_per_s": 50.0, **tr}, {"variant": "fp32-nchw", "images_per_s": 40.0, **tr}],
+        "inference": [
+            {"backend": "torch", "p50_ms": 2.0, "p95_ms": 3.0, "throughput": 100.0, "cam_p50_ms": 9.0},
+            {"backend": "onnx", "skipped": "ImportError: no onnxruntime"},
+        ],
+        "serve": None,
+    }
+    buf = io.StringIO()
+    render_bench(result, Console(file=buf, width=200))
+    text = buf.getvalue()
+    for part in ("2 cores", "train fp32-nchw", "x0.80", "p50 2.0 ms", "Grad-CAM", "skipped", "FastAPI not installed"):
+        assert part in text, part

@@ -174,8 +174,13 @@ def bench_serve_inprocess(run: Path, image: Path, seconds: float = 5.0) -> dict[
 
 
 def run_bench(data: str | os.PathLike, *, quick: bool = False, config: str | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Every measurement in one process (see the module docstring); a JSON-ready dict."""
+              threads: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every measurement in one process (see the module docstring); a JSON-ready dict. ``threads``
+    sets torch's intra-op threads (1 is steadier on a shared CPU, where 2 threads spin-wait)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from lungxray.data.readers import from_folders
     from lungxray.predict import Predictor
 
@@ -238,7 +243,7 @@ def render_bench(result: dict[str, Any], console: Any) -> None:
     table.add_row("cache build", f"{c['images_per_s']:.1f} img/s",
                   f"{c['files']} files at {c['size']} px cold; warm load {c['warm_load_seconds']:.2f} s")  # fmt: skip
     base = result["train"][0]["images_per_s"]
-    for r in result["train"]:
+    for r in result["train"]:  # on CPU both rows run the same code: their ratio shows the noise
         table.add_row(f"train {r['variant']}", f"{r['images_per_s']:.0f} img/s",
                       f"x{r['images_per_s'] / base:.2f}; {r['model']} {r['size']} px batch {r['batch_size']}, "
                       f"bf16 {r['bf16']}, channels-last {r['channels_last']}")  # fmt: skip

@@ -277,11 +277,12 @@ def bench(
     quick: Annotated[bool, Opt(help="A 1-2 minute CPU run: small subsets, short timings.")] = False,
     config: Annotated[str | None, Opt(help="Training recipe (default configs/cpu-default.yaml).")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the figures as JSON instead of a table.")] = False,
+    threads: Annotated[int | None, Opt(help="torch threads (1 is steadier on a shared CPU).")] = None,
 ) -> None:
     """Cache build, training (fast paths on/off), prediction (torch vs ONNX), Grad-CAM and server figures."""
     from lungxray.bench import render_bench, run_bench
 
-    result = run_bench(data, quick=quick, config=config, log=None if as_json else err.print)
+    result = run_bench(data, quick=quick, config=config, threads=threads, log=None if as_json else err.print)
     if as_json:
         print(json.dumps(result, indent=2))
     else:

@@ -140,3 +140,14 @@ def test_bench_table_renders_every_measure():
     text = buf.getvalue()
     for part in ("2 cores", "train fp32-nchw", "x0.80", "p50 2.0 ms", "Grad-CAM", "skipped", "FastAPI not installed"):
         assert part in text, part
+
+
+def test_cli_streamed_csv_with_heatmaps_and_resume_without_csv(predictor, tmp_path, capsys):
+    folder = tmp_path / "in"
+    _pngs(folder, 3)
+    out, maps = tmp_path / "p.csv", tmp_path / "maps"
+    main(["predict", str(predictor.run_dir), str(folder), "--out", str(out), "--heatmaps", str(maps)])
+    assert len(read_predictions_csv(out)) == 3 and len(list(maps.glob("*.png"))) == 3
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(predictor.run_dir), str(folder), "--resume"])
+    assert exc.value.code == 2 and "--resume needs" in capsys.readouterr().err

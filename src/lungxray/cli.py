@@ -249,7 +249,9 @@ def predict(
                                       workers=workers, resume=resume, console=console, err=err)  # fmt: skip
     else:
         if resume:
-            raise typer.BadParameter("--resume needs --out FILE.csv")
+            from lungxray.errors import ConfigError
+
+            raise ConfigError("--resume needs --out FILE.csv (a streamed CSV output to continue).")
         failed = _predict_in_memory(predictor, paths, out, writer, batch_size)
     console.print(f"[dim]{DISCLAIMER}[/]")
     if failed:

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungxray.data.imageio import read_image
-from lungxray.explain import heatmap
+from lungxray.bench import bench_inference
 from lungxray.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,31 +35,10 @@ from conftest import make_random_run  # noqa: E402
 from test_predict import ood_auroc  # noqa: E402
 
 
-def percentiles(fn, calls: int, warmup: int = 5) -> tuple[float, float]:
-    """p50 and p95 wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    p50, p95 = np.percentile(np.array(times) * 1000, [50, 95])
-    return float(p50), float(p95)
-
-
 def bench_run(name: str, predictor: Predictor, files: list[Path], calls: int) -> dict:
-    p50, p95 = percentiles(lambda: predictor.predict_paths([files[0]], batch_size=1), calls)
-    batch = files[:256]
-    predictor.predict_paths(batch[:64], batch_size=64)  # warm-up
-    t = time.perf_counter()
-    results = predictor.predict_paths(batch, batch_size=64)
-    throughput = len(results) / (time.perf_counter() - t)
-    row = {"model": name, "p50": p50, "p95": p95, "throughput": throughput, "cam": None}
-    if getattr(predictor.backend, "name", predictor.backend) == "torch":
-        image = read_image(files[0])
-        row["cam"] = percentiles(lambda: heatmap(predictor, image), max(10, calls // 5), warmup=2)[0]
-    return row
+    r = bench_inference(predictor, files, calls=calls)  # lungxray.bench: shared with ``lungxray bench``
+    return {"model": name, "p50": r["p50_ms"], "p95": r["p95_ms"], "throughput": r["throughput"],
+            "cam": r["cam_p50_ms"]}  # fmt: skip
 
 
 def bench_cli_heatmaps(

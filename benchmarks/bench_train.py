@@ -15,56 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from lungxray.config import load_config, parse_overrides
-from lungxray.inference import fast_paths, resolve_device
-from lungxray.training import prepare_data, train
+from lungxray.bench import TRAIN_VARIANTS, bench_train_variant
+from lungxray.config import parse_overrides
 
-VARIANTS = {
-    "recipe": {},
-    "fp32": {"train.amp": False},
-    "nchw": {"train.channels_last": False},
-    "fp32-nchw": {"train.amp": False, "train.channels_last": False},
-}
-
-
-def bench_variant(data: str, config: str | None, overrides: dict, out: Path) -> dict:
-    """Train once; throughput and timing figures of that run (see the module docstring)."""
-    cfg = load_config(config, {**overrides, "data.path": data, "out": str(out), "name": out.name})
-    device = resolve_device(cfg.train.device)
-    prepare_data(cfg, progress=False)  # decode once, so every variant times training alone
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    result = train(cfg, progress=False)
-    wall = time.perf_counter() - t0
-    rates = [row["images_per_s"] for row in result.history]
-    steady = rates[1:] or rates
-    return {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "model": cfg.model.name,
-        "size": cfg.data.size,
-        "batch_size": cfg.train.batch_size,
-        "bf16": bool(cfg.train.amp and fast_paths(device)),
-        "channels_last": bool(cfg.train.channels_last and fast_paths(device)),
-        "epochs": result.epochs_run,
-        "train_images": round(rates[0] * result.history[0]["seconds"]),
-        "images_per_s": statistics.median(steady),
-        "first_epoch_images_per_s": rates[0],
-        "train_seconds": result.seconds,
-        "wall_seconds": wall,
-        "best_val_auc": result.best_score,
-        "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-    }
+VARIANTS = TRAIN_VARIANTS
+bench_variant = bench_train_variant  # the measuring function lives in lungxray.bench (``lungxray bench``)
 
 
 def main() -> None:

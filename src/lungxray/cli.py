@@ -126,8 +126,13 @@ def train(
         list[str] | None, Opt("--set", help="Any config field: --set train.optimizer=sgd.")
     ] = None,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+    nproc: Annotated[int, Opt(help="Processes (GPUs) on this node: relaunches under torchrun.")] = 1,
 ) -> None:
     """Train a model; writes the run directory (config, weights, model.json, splits, history)."""
+    if nproc > 1 and "WORLD_SIZE" not in __import__("os").environ:
+        from lungxray.training.distributed import launch, strip_nproc
+
+        raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
     from lungxray.config import load_config, parse_overrides
     from lungxray.training import train as run_train
 
@@ -222,12 +227,14 @@ def compare(
 def predict(
     run: Annotated[str, typer.Argument(help="Run directory.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files or folders.")],
-    out: Annotated[str | None, Opt(help="Write results to a .csv or .json file.")] = None,
+    out: Annotated[str | None, Opt(help="Write results to a .csv (streamed, resumable) or .json file.")] = None,
     heatmaps: Annotated[str | None, Opt(help="Also write Grad-CAM overlays to this folder.")] = None,
     batch_size: Annotated[int, Opt(help="Images per forward pass.")] = 32,
+    workers: Annotated[int, Opt(help="Decoding processes for a streamed .csv (0: in this process).")] = 1,
+    resume: Annotated[bool, Opt(help="Skip files already in --out (.csv) or its .partial file.")] = False,
 ) -> None:
     """Predict new X-rays; bad files get a row with the reason; exit code 1 if any failed."""
-    from lungxray.predict import Predictor, render_predictions, write_predictions
+    from lungxray.predict import Predictor
 
     predictor = Predictor.load(run)
     writer = None
@@ -235,18 +242,54 @@ def predict(
         from lungxray.explain import HeatmapWriter
 
         writer = HeatmapWriter(predictor, heatmaps)
+    paths = predictor.expand_inputs(inputs)
+    if out and Path(out).suffix.lower() == ".csv":
+        from lungxray.predict_stream import predict_files_to_csv
+
+        failed = predict_files_to_csv(predictor, paths, out, heatmaps=writer, batch_size=batch_size,
+                                      workers=workers, resume=resume, console=console, err=err)  # fmt: skip
+    else:
+        if resume:
+            from lungxray.errors import ConfigError
+
+            raise ConfigError("--resume needs --out FILE.csv (a streamed CSV output to continue).")
+        failed = _predict_in_memory(predictor, paths, out, writer, batch_size)
+    console.print(f"[dim]{DISCLAIMER}[/]")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
+    from lungxray.predict import render_predictions, write_predictions
+
     results = []
     # one pass: each record (decoded once) feeds the heatmaps, then only its Prediction is kept
-    for rec in predictor.records(predictor.expand_inputs(inputs), batch_size=batch_size):
+    for rec in predictor.records(paths, batch_size=batch_size):
         if writer is not None:
             writer.write(rec)
         results.append(rec.prediction)
     if out:
         write_predictions(results, out)
     render_predictions(results, console)
-    console.print(f"[dim]{DISCLAIMER}[/]")
-    if any(r.error for r in results):
-        raise typer.Exit(1)
+    return any(r.error for r in results)
+
+
+@app.command()
+def bench(
+    data: Annotated[str, typer.Argument(help="Data folder (e.g. ../shared/data/chest_xray).")],
+    quick: Annotated[bool, Opt(help="A 1-2 minute CPU run: small subsets, short timings.")] = False,
+    config: Annotated[str | None, Opt(help="Training recipe (default configs/cpu-default.yaml).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the figures as JSON instead of a table.")] = False,
+    threads: Annotated[int | None, Opt(help="torch threads (1 is steadier on a shared CPU).")] = None,
+) -> None:
+    """Cache build, training (fast paths on/off), prediction (torch vs ONNX), Grad-CAM and server figures."""
+    from lungxray.bench import render_bench, run_bench
+
+    result = run_bench(data, quick=quick, config=config, threads=threads, log=None if as_json else err.print)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        render_bench(result, console)
 
 
 @app.command()

@@ -38,6 +38,7 @@ from lungxray.data.imageio import read_image
 from lungxray.data.manifest import SPLITS, Manifest
 from lungxray.data.preprocess import to_model_input
 from lungxray.data.readers import load_manifest
+from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, ImageReadError, RunError, check_option
 from lungxray.evaluation import plots
 from lungxray.evaluation.metrics import evaluate_predictions
@@ -331,7 +332,7 @@ def evaluate_run(
             f"{unreadable[0]['path']}: {unreadable[0]['reason']}); if the data moved, pass it with --data."
         )
     keep = np.flatnonzero(cached.ok)
-    images = np.array(cached.images[keep])  # a writable copy (torch warns on read-only memmaps)
+    images = take_rows(cached.images, keep)  # readable rows, read per batch (writable batch copies)
     m = m.subset(keep)
     t_decode = time.perf_counter()
 

@@ -13,6 +13,7 @@ from lungxray.config import Config
 from lungxray.data.cache import cache_images
 from lungxray.data.manifest import Manifest
 from lungxray.data.readers import load_manifest
+from lungxray.data.rows import RowView, take_rows
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError
 
@@ -22,7 +23,8 @@ class PreparedData:
     """A manifest with every split assigned and its images decoded: rows of failed files removed."""
 
     manifest: Manifest
-    images: np.ndarray  # (N, S, S) uint8, aligned with manifest
+    # (N, S, S) uint8 aligned with manifest: the cache memmap, or a RowView of its readable rows (never a copy)
+    images: np.ndarray | RowView
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
     cache_stats: dict[str, float] = field(default_factory=dict)
     sha1s: tuple[str, ...] = ()  # content hash per manifest row (what a resumed run checks)
@@ -74,7 +76,7 @@ def prepare_data(
         sha1s = tuple(sha1s[i] for i in np.flatnonzero(cached.ok))
         keep = np.flatnonzero(cached.ok)
         m = m.subset(keep)
-        images = np.asarray(cached.images)[keep]
+        images = take_rows(cached.images, keep)  # readable rows by index: no (N, S, S) copy
     else:
         images = cached.images
     for split in ("train", "val"):

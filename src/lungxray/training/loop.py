@@ -20,11 +20,13 @@ from rich.console import Console
 
 from lungxray.config import Config, save_config
 from lungxray.data.augment import Augment
+from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import validation_scores
 from lungxray.inference import DEFAULT_NORMALIZATION, fast_paths, predict_batches, resolve_device, to_input
 from lungxray.models.factory import create_model
 from lungxray.models.registry import model_spec
+from lungxray.training import distributed
 from lungxray.training.callbacks import Callback, OnEpoch, load_checkpoint, standard_callbacks
 from lungxray.training.data import PreparedData, epoch_order
 from lungxray.training.losses import class_weights, logit, loss_fn
@@ -52,7 +54,7 @@ class Trainer:
         self.console = console or Console(quiet=not progress)
         self.callbacks = list(callbacks) if callbacks is not None else None
         self.run_dir: Path = cfg.run_dir
-        self.device = resolve_device(cfg.train.device)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.train.device))  # dist: None alone
         self.task = self.m.task
         self.num_outputs = 1 if self.task == "binary" else len(self.m.classes)
         self.train_idx = np.flatnonzero(np.array(self.m.splits) == "train")
@@ -78,6 +80,7 @@ class Trainer:
             raise RunError(f"cannot resume: {run / 'checkpoint.pt'} does not exist.")
         callbacks = standard_callbacks(c, progress=self.progress) if self.callbacks is None else self.callbacks
         callbacks = sorted([*callbacks, *([OnEpoch(on_epoch)] if on_epoch else [])], key=lambda cb: cb.order)
+        callbacks = distributed.rank_callbacks(self.dist, callbacks)  # rank 0 alone writes
         _setup_torch(c, self.device)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         state = TrainState()
@@ -90,7 +93,7 @@ class Trainer:
                 self.generator = g = torch.Generator().manual_seed(c.train.seed + 1)
                 if resume:
                     state = load_checkpoint(self, run / "checkpoint.pt")
-                else:
+                elif not self.dist or self.dist.is_main:
                     save_config(c, run / "config.yaml")
                     self.m.to_csv(run / "splits.csv")
                 first = state.epoch
@@ -132,12 +135,14 @@ class Trainer:
         t0, total_loss, seen = time.perf_counter(), 0.0, 0
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
         for start in range(0, len(order), c.batch_size):
-            rows = order[start : start + c.batch_size]
+            rows = order[start : start + c.batch_size]  # under torchrun: this rank's shard of it
+            rows, scale = self.dist.batch_rows(rows) if self.dist else (rows, 1.0)
             x = self._batch(rows, g)
             y = self.targets[rows].to(self.device)
             with autocast:
-                logits = self.model(x)
+                logits = self.ddp(x)
             loss = loss_fn(self.task, logits, y, self.weight, c.label_smoothing)
+            raw, loss = loss.item(), (loss * scale if scale != 1.0 else loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.grad_clip:
@@ -146,7 +151,7 @@ class Trainer:
             self.scheduler.step()
             if self.ema:
                 self.ema.update(self.model)
-            total_loss += loss.item() * len(rows)
+            total_loss += raw * len(rows)
             seen += len(rows)
             for cb in callbacks:
                 cb.on_batch_end(self, state, len(rows), total_loss / seen)
@@ -181,6 +186,7 @@ class Trainer:
         """(Re)build optimizer and scheduler for the phase (frozen / all layers) that ``epoch`` is in."""
         self.frozen = self._frozen_at(epoch)
         self.optimizer, self.scheduler = phase_optimizer(self.model, self.cfg, epoch, self.steps_per_epoch)
+        self.ddp = self.dist.wrap(self.model) if self.dist else self.model  # rebuilt: frozen params change
 
     # -- batches ------------------------------------------------------------------------------
     def _epoch_order(self, g: torch.Generator) -> np.ndarray:
@@ -213,14 +219,16 @@ class Trainer:
     def predict(self, model: torch.nn.Module, rows: np.ndarray, *, features: bool = False):
         """Probabilities (and penultimate features) of the given rows, through the shared inference path."""
         return predict_batches(
-            model, self.data.images[rows], task=self.task, normalization=DEFAULT_NORMALIZATION,
+            model, take_rows(self.data.images, rows), task=self.task, normalization=DEFAULT_NORMALIZATION,
             device=self.device, in_chans=self.in_chans, features=features, amp=self.amp,
             channels_last=self.cfg.train.channels_last,
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:
         """Validation loss / auc / accuracy / f1 of ``eval_model()``."""
-        prob, _ = self.predict(self.eval_model(), self.val_idx)
+        model = self.eval_model()
+        predict = lambda rows: self.predict(model, rows)[0]  # noqa: E731
+        prob = self.dist.gather_rows(self.val_idx, predict) if self.dist else predict(self.val_idx)  # all of val
         with torch.no_grad():
             logits = torch.as_tensor(logit(prob, self.task))
             vloss = loss_fn(self.task, logits, self.targets[self.val_idx], None, 0.0).item()

@@ -25,6 +25,7 @@ import yaml
 from rich.console import Console
 
 from lungxray.config import MONITORS, Config, apply_overrides, load_config, to_dict
+from lungxray.data.rows import take_rows
 from lungxray.errors import ConfigError, ModelError, RunError, check_option
 from lungxray.tune.space import ParamSpec, parse_space, sample, trial_config
 
@@ -38,7 +39,7 @@ def _without_test(data):
     keep = np.flatnonzero(np.array([s != "test" for s in data.manifest.splits], dtype=bool))
     return PreparedData(
         manifest=data.manifest.subset(keep),
-        images=np.asarray(data.images[keep]),
+        images=take_rows(data.images, keep),  # a lazy view: no copy of the cache
         unreadable=dict(data.unreadable),
         cache_stats=dict(data.cache_stats),
     )

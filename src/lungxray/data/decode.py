@@ -1,0 +1,28 @@
+"""The decoding worker of streamed prediction, in a module that does not import torch: a spawned
+worker process that unpickles ``decode_paths`` imports only this, numpy, PIL and the readers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from lungxray.errors import ImageReadError
+
+
+def decode_paths(paths: Sequence[str], size: int, resize: str) -> list[tuple[str, Any, str | None, float]]:
+    """Worker: files -> [(path, model input (S, S) uint8 | None, error | None, seconds)]."""
+    from lungxray.data import imageio
+    from lungxray.data.preprocess import to_model_input
+
+    out = []
+    for p in paths:
+        t0 = time.perf_counter()
+        try:
+            x, error = to_model_input(imageio.read_image(p), size, resize), None
+        except ImageReadError as exc:
+            x, error = None, exc.reason
+        except Exception as exc:  # a decoder bug on one file becomes that file's row
+            x, error = None, f"{type(exc).__name__}: {exc}"
+        out.append((p, x, error, time.perf_counter() - t0))
+    return out

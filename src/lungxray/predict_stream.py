@@ -29,6 +29,7 @@ from typing import Any
 
 from lungxray.data.decode import decode_paths
 from lungxray.errors import ConfigError
+from lungxray.io import csv_cell
 from lungxray.predict import Prediction, Record, _forward
 from lungxray.predict_output import _FIELDS, _flat_row
 
@@ -189,7 +190,7 @@ def predict_to_csv(
         for rec in records:
             r = rec.prediction
             row = _flat_row(r, list(predictor.classes))
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in row.items()})
             fh.flush()
             stats.failed += bool(r.error)
             stats.predicted += not r.error

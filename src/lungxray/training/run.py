@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 from rich.markup import escape
 
@@ -9,6 +11,7 @@ from lungxray.config import Config
 from lungxray.errors import RunError
 from lungxray.io import run_lock
 from lungxray.training.data import prepare_data
+from lungxray.training.distributed import is_main_process
 from lungxray.training.loop import Trainer
 from lungxray.training.resume import check_resumed, record_data, resume_manifest
 from lungxray.training.state import TrainResult
@@ -26,7 +29,9 @@ def train(
     """
     console = console or Console(quiet=not progress)
     cfg.validate()
-    with run_lock(cfg.run_dir):
+    # under torchrun rank 0 alone writes (and locks) the run directory; the other ranks only read it
+    lock = run_lock(cfg.run_dir) if is_main_process() else contextlib.nullcontext()
+    with lock:
         if resume and (cfg.run_dir / "config.yaml").is_file():
             from lungxray.config import load_config
 
@@ -40,7 +45,7 @@ def train(
         data = prepare_data(cfg, progress=progress, console=console, manifest=manifest)
         if resume:
             check_resumed(cfg.run_dir, data.manifest, data.sha1s)
-        else:
+        elif is_main_process():
             record_data(cfg.run_dir, data.manifest, data.sha1s)
         m = data.manifest
         console.print(

@@ -172,7 +172,11 @@ def adapt_prevalence(
     notes = []
     shift = set_shift(src, loaded, dist if dist is not None else np.full(len(p_site), np.nan), p_site)
     if shift is not None and shift.fired:
-        notes.append(f"WARNING: {shift.summary}; a prevalence estimate assumes the images look alike")
+        notes.append(
+            f"WARNING: the shift test fired (p = {shift.p_value:.2g}): these images differ from the "
+            "training data, while a prevalence estimate assumes they look alike; prefer a labeled site "
+            "calibration (lungxray calibrate RUN --data LABELED_SITE)"
+        )
 
     val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
     vkeep, vprob, _ = predict_images(loaded, val.paths, cache_dir=cache, progress=progress)

@@ -73,3 +73,17 @@ def test_a_lateral_or_adult_dicom_is_warned_about_in_predictions(tmp_path):
     assert any("outside the model's intended population" in w for w in up.warnings)
     assert json.loads(json.dumps(up.to_dict()))["warnings"] == up.warnings
     assert header_warnings(b"not a dicom") == [] and header_warnings(tmp_path / "missing.png") == []
+
+
+def test_predict_cli_prints_dicom_warnings(tmp_path, capsys):
+    from lungxray.cli import main
+
+    run = make_random_run(tmp_path / "run")
+    lateral = tmp_path / "lateral.dcm"
+    lateral.write_bytes(_dicom(ViewPosition="LATERAL"))
+    try:
+        main(["predict", str(run), str(lateral)])
+    except SystemExit as exc:
+        assert not exc.code
+    out = " ".join(capsys.readouterr().out.split())
+    assert "lateral.dcm: DICOM ViewPosition is 'LATERAL' (lateral)" in out

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ def calibrate(
         )  # fmt: skip
 
     val_prob, val_feat = predict(val_rows)
+    score = set_scores(task, val_prob)
     threshold, thresholds = choose_thresholds(task, np.asarray(targets)[val_rows], val_prob, strategy)
     cal = Calibration(strategy=strategy, split="val", threshold=threshold, thresholds=thresholds,
                       n=len(val_rows), name=name, created=_now())  # fmt: skip
@@ -162,7 +164,89 @@ def calibrate(
     )
     _, train_feat = predict(fit_rows)
     ood = fit_ood(train_feat, val_feat)
-    return Calibrated(cal, ood.ood, ood.ood_arrays)
+    # the set-level shift test's reference: validation (OOD distance, score) pairs, kept in the
+    # weights file next to the OOD statistics (``__ood__.ref_distance`` / ``__ood__.ref_score``)
+    dist = mahalanobis(val_feat, ood.ood_arrays["mean"], ood.ood_arrays["precision"])
+    arrays = {**ood.ood_arrays, "ref_distance": np.asarray(dist, np.float32), "ref_score": score}
+    return Calibrated(cal, ood.ood, arrays)
+
+
+def set_scores(task: str, prob: np.ndarray) -> np.ndarray:
+    """The per-image score of ``Prediction.score`` from model probabilities (N, K): binary P(positive),
+    otherwise the largest class / label probability. The shift test's second column."""
+    prob = np.asarray(prob, np.float32)
+    return prob[:, 0] if task == "binary" else prob.max(axis=1)
+
+
+def predict_images(loaded, paths, *, cache_dir=None, progress: bool = False):
+    """(kept row indices, probabilities (N, K), OOD distances (N,) or None) of image ``paths`` through a
+    loaded run at its own preprocessing (read through the image cache; unreadable images dropped)."""
+    from lungxray.data.cache import cache_images
+
+    card = loaded.card
+    cached = cache_images(list(paths), card.input_size, resize=card.resize, cache_dir=cache_dir,
+                          progress=progress)  # fmt: skip
+    keep = np.flatnonzero(cached.ok)
+    if len(keep) == 0:
+        raise DataError(f"none of the {len(paths)} images could be read.")
+    prob, feat = predict_batches(
+        loaded.model, np.array(cached.images[keep]), task=card.task, normalization=card.normalization,
+        device=torch.device("cpu"), in_chans=card.in_chans, features=True,
+    )  # fmt: skip
+    mean, precision = loaded.ood.get("mean"), loaded.ood.get("precision")
+    dist = None if mean is None else mahalanobis(feat, mean, precision)
+    return keep, prob, dist
+
+
+def shift_reference(run: str | os.PathLike, loaded=None, *, progress: bool = False) -> np.ndarray | None:
+    """The run's validation (OOD distance, score) pairs (N, 2): the shift test's reference.
+
+    Stored at training in model.safetensors (``__ood__.ref_*``); for runs trained before that, computed
+    once from the val rows of splits.csv and cached as ``RUN/reference.csv``. None when the run has no
+    OOD statistics or no splits.csv (the caller then skips the test with a note).
+    """
+    from lungxray.rundir import load_run
+
+    run_dir = Path(run)
+    loaded = loaded or load_run(run_dir)
+    if "ref_distance" in loaded.ood and "ref_score" in loaded.ood:
+        return np.stack([loaded.ood["ref_distance"], loaded.ood["ref_score"]], 1).astype(np.float64)
+    cached = run_dir / "reference.csv"
+    if cached.is_file():
+        return np.loadtxt(cached, delimiter=",", skiprows=1, ndmin=2)
+    splits = run_dir / "splits.csv"
+    if "mean" not in loaded.ood or not splits.is_file():
+        return None
+    card = loaded.card
+    val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
+    if len(val) < 5:
+        return None
+    _, prob, dist = predict_images(loaded, val.paths, cache_dir=_cache_dir(run_dir), progress=progress)
+    ref = np.stack([dist, set_scores(card.task, prob)], 1).astype(np.float64)
+    with contextlib.suppress(OSError):  # a read-only run directory: use it without caching
+        np.savetxt(cached, ref, delimiter=",", header="ood_distance,score", comments="", fmt="%.9g")
+    return ref
+
+
+def _cache_dir(run_dir: Path) -> str | None:
+    from lungxray.config import load_config
+
+    cfg = run_dir / "config.yaml"
+    return load_config(cfg).data.cache_dir if cfg.is_file() else None
+
+
+def set_shift(run: str | os.PathLike, loaded, ood: np.ndarray, score: np.ndarray):
+    """The set-level shift test of images with OOD distances ``ood`` and scores ``score`` against the
+    run's validation reference; None (with nothing raised) when the run has no reference, or fewer
+    than 5 usable images. See ``lungxray.evaluation.shift.shift_test``."""
+    from lungxray.evaluation.shift import shift_test
+
+    sample = np.stack([np.asarray(ood, np.float64), np.asarray(score, np.float64)], 1)
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    if len(sample) < 5:
+        return None
+    ref = shift_reference(run, loaded)
+    return None if ref is None else shift_test(ref, sample)
 
 
 def training_card(
@@ -204,6 +288,7 @@ def training_card(
             parameters=parameters,
         ),
         calibrations=(fitted.calibration,),
+        population=c.data.population,
         created=_now(),
     )
 

@@ -172,18 +172,39 @@ def train(
 @app.command()
 def calibrate(
     run: Annotated[str, typer.Argument(help="A finished run directory.")],
+    data: Annotated[
+        str | None, Opt(help="Site data: a folder of class folders or a label CSV (or, with --unlabeled, images).")
+    ] = None,
+    unlabeled: Annotated[
+        bool, Opt("--unlabeled", help="--data has no labels: estimate its prevalence and adjust for it.")
+    ] = False,
     strategy: Annotated[
         str | None, Opt(help="youden | max-f1 | sensitivity>=X | specificity>=X | 0.5 (default: the run's).")
     ] = None,
-    out: Annotated[str | None, Opt(help="The NEW run directory (default: RUN-recalibrated).")] = None,
+    out: Annotated[str | None, Opt(help="The NEW run directory (default: RUN-site / RUN-recalibrated).")] = None,
+    name: Annotated[str | None, Opt(help="Name of the new calibration entry.")] = None,
+    bootstrap: Annotated[int, Opt(help="Bootstrap resamples for the CIs.")] = 1000,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Choose a new operating point on the run's validation split; writes a copy of RUN with the new
-    calibration appended to its history (RUN itself is never changed)."""
+    """Choose a new operating point (on site data with --data, else on the run's validation split);
+    writes a copy of RUN with the new calibration appended to its history (RUN is never changed)."""
+    if data is not None:
+        from lungxray.calibrate_site import adapt_prevalence, calibrate_site, render_site
+
+        if unlabeled:
+            res = adapt_prevalence(run, data, out=out, name=name or "site-prevalence",
+                                   n_boot=min(bootstrap, 200), progress=not quiet)  # fmt: skip
+        else:
+            res = calibrate_site(run, data, strategy=strategy, out=out, name=name or "site",
+                                 n_boot=bootstrap, progress=not quiet)  # fmt: skip
+        render_site(res, console)
+        return
+    if unlabeled:
+        raise typer.BadParameter("--unlabeled needs --data (the site's images).")
     from lungxray.calibrate import calibrate_run
 
     target = out or f"{str(run).rstrip('/')}-recalibrated"
-    card = calibrate_run(run, strategy=strategy, out=target, progress=not quiet)
+    card = calibrate_run(run, strategy=strategy, out=target, progress=not quiet, name=name or "recalibration")
     cal = card.calibration
     console.print(
         f"[green]run written to {escape(str(target))}[/]  calibration {len(card.calibrations)}: {cal.strategy} on "
@@ -223,6 +244,38 @@ def compare(
     render_comparison(compare_runs(runs, split=split, out=out), console)
 
 
+def _rows_of(csv_path: str) -> list:
+    """The rows of a streamed predictions CSV as light objects for ``_predict_end_lines`` (floats only)."""
+    import csv
+    from types import SimpleNamespace
+
+    def num(v: str) -> float | None:
+        return float(v) if v not in ("", None) else None
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return [
+            SimpleNamespace(path=r["path"], error=r["error"] or None, ood_score=num(r["ood_score"]),
+                            score=num(r["score"]), warnings=[w for w in (r.get("warnings") or "").split("|") if w])
+            for r in csv.DictReader(fh)
+        ]  # fmt: skip
+
+
+def _predict_end_lines(predictor: Any, results: list) -> None:
+    """DICOM header warnings per row, then one line: does this set differ from the training data?"""
+    for r in results:
+        for w in getattr(r, "warnings", None) or []:
+            console.print(f"[yellow]{r.path}: {w}[/]")
+    ok = [r for r in results if r.error is None and r.ood_score is not None and r.score is not None]
+    if len(ok) < 20:
+        return  # one image at a time says nothing about the set; the OOD flag covers single images
+    from lungxray.calibrate import set_shift
+
+    res = set_shift(predictor.run_dir, None, [r.ood_score for r in ok], [r.score for r in ok])
+    if res is not None:
+        colour = "yellow" if res.fired else "dim"
+        console.print(f"[{colour}]set-level shift test (KS statistic {res.statistic:.3f}): {res.summary}[/]")
+
+
 @app.command()
 def predict(
     run: Annotated[str, typer.Argument(help="Run directory.")],
@@ -248,6 +301,7 @@ def predict(
 
         failed = predict_files_to_csv(predictor, paths, out, heatmaps=writer, batch_size=batch_size,
                                       workers=workers, resume=resume, console=console, err=err)  # fmt: skip
+        _predict_end_lines(predictor, _rows_of(out))
     else:
         if resume:
             from lungxray.errors import ConfigError
@@ -271,6 +325,7 @@ def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
     if out:
         write_predictions(results, out)
     render_predictions(results, console)
+    _predict_end_lines(predictor, results)
     return any(r.error for r in results)
 
 

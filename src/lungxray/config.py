@@ -48,6 +48,9 @@ class DataConfig:
     # seeded subsample of every row (a predefined test split too), stratified by split and label: smoke
     # runs; evaluate a subsampled run on the whole test split with `lungxray evaluate RUN --data DATA`
     max_images: int | None = None
+    # who the model is for, in words shown on the model card and checked against DICOM headers, e.g.
+    # "pediatric, 1-5 years, one hospital in Guangzhou" (age rule: lungxray.data.dicom_header)
+    population: str | None = None
 
 
 @dataclass

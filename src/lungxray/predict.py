@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from lungxray.data.dicom_header import header_warnings
 from lungxray.errors import ConfigError, DataError, ImageReadError, check_option
 from lungxray.inference import BACKENDS
 from lungxray.predict_output import render_predictions, write_predictions
@@ -67,6 +68,8 @@ class Prediction:
         ood: True when ``ood_score`` exceeds the run's threshold (the 99th percentile of validation
             X-rays): the input does not look like the training data, so the label is unreliable.
         error: why the input could not be predicted (e.g. "empty file (0 bytes)"), else None.
+        warnings: what the input's DICOM header says against using the score (lateral view, not CR/DX,
+            not chest, age outside the run's ``population``; ``lungxray.data.dicom_header``); [] else.
     """
 
     path: str
@@ -77,6 +80,7 @@ class Prediction:
     ood_score: float | None = None
     ood: bool | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -114,12 +118,13 @@ class Source:
 
     name: str
     load: Callable[[], np.ndarray]
+    raw: str | bytes | None = None  # the file path or upload bytes, for the DICOM header check
 
     @classmethod
     def path(cls, path: str | os.PathLike) -> Source:
         from lungxray.data import imageio  # looked up at call time: one reader for every stage
 
-        return cls(str(path), lambda: imageio.read_image(path))
+        return cls(str(path), lambda: imageio.read_image(path), str(path))
 
     @classmethod
     def array(cls, array: np.ndarray, name: str) -> Source:
@@ -130,7 +135,7 @@ class Source:
     def upload(cls, data: bytes, name: str = "<upload>") -> Source:
         from lungxray.data import imageio
 
-        return cls(name, lambda: imageio.read_image_bytes(data, name=name))
+        return cls(name, lambda: imageio.read_image_bytes(data, name=name), data)
 
 
 def _as_source(item: Source | str | os.PathLike | np.ndarray, i: int) -> Source:
@@ -169,6 +174,7 @@ def predict_records(
         try:
             rec.image = src.load()
             rec.x = predictor.preprocess(rec.image)
+            rec.prediction.warnings = header_warnings(src.raw, predictor.card.population)
         except ImageReadError as exc:
             rec.error = exc.reason
         except ValueError as exc:  # an array that is not an image
@@ -196,7 +202,9 @@ def _forward(predictor: Predictor, batch: list[Record]) -> Iterator[Record]:
         for k, rec in enumerate(ok):
             rec.prob = prob[k]
             rec.ood_score = None if dist is None else float(dist[k])
+            warns = rec.prediction.warnings
             rec.prediction = make_prediction(predictor.card, rec.name, rec.prob, rec.ood_score)
+            rec.prediction.warnings = warns
             rec.seconds["predict"] = seconds
     yield from batch
 

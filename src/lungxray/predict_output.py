@@ -18,7 +18,7 @@ from typing import Any
 from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError
 
-_FIELDS = ("path", "label", "score", "threshold", "ood_score", "ood", "error")
+_FIELDS = ("path", "label", "score", "threshold", "ood_score", "ood", "error", "warnings")
 
 
 def _predictions(results: Iterable[Any]) -> list[Any]:
@@ -39,6 +39,7 @@ def _flat_row(r: Any, classes: list[str]) -> dict[str, Any]:
         "ood_score": r.ood_score,
         "ood": r.ood,
         "error": r.error,
+        "warnings": "|".join(getattr(r, "warnings", None) or []),
     }
     row.update({f"p_{c}": r.probabilities.get(c) for c in classes})
     return row

@@ -338,8 +338,9 @@ def evaluate_run(
 
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    prob, _ = predict_batches(
+    prob, feat = predict_batches(
         model, images, task=task, normalization=card.normalization, device=dev, in_chans=card.in_chans,
+        features=True,
     )  # fmt: skip
     t_predict = time.perf_counter()
 
@@ -390,6 +391,7 @@ def evaluate_run(
     from lungxray.evaluation.shortcut import audit_shortcuts
 
     y_audit = m.targets if task == "binary" else np.zeros(len(m), int)
+    body["shift"] = _shift(run_dir, loaded, feat, prob, task)
     body.update(audit_shortcuts(run_dir, lungs, images, y_audit, list(m.paths), seed=cfg.train.seed))
     pred = card.decide(prob)
     _write_predictions(out_dir / "predictions.csv", m, prob, pred)
@@ -398,6 +400,20 @@ def evaluate_run(
 
     report = build_report(run_dir, name)
     return EvalResult(run_dir, split, out_dir, body, report, time.perf_counter() - t0)
+
+
+def _shift(run_dir: Path, loaded: Any, feat: np.ndarray, prob: np.ndarray, task: str) -> dict[str, Any]:
+    """The set-level shift test of the evaluated images against the run's validation reference."""
+    from lungxray.calibrate import set_scores, set_shift
+    from lungxray.ood import mahalanobis
+
+    if "mean" not in loaded.ood:
+        return {"skipped": "the run has no OOD statistics, so no reference to compare with"}
+    dist = mahalanobis(feat, loaded.ood["mean"], loaded.ood["precision"])
+    result = set_shift(run_dir, loaded, dist, set_scores(task, prob))
+    if result is None:
+        return {"skipped": "no validation reference (no splits.csv) or fewer than 5 images"}
+    return result.to_dict()
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -461,5 +477,14 @@ def render_summary(result: EvalResult, console: Console) -> None:
     console.print(
         f"{body.get('seconds', 0):.1f} s, {body.get('images_per_s') or 0:.0f} images/s on {body.get('device')}"
     )
+    shift = body.get("shift") or {}
+    if "summary" in shift:
+        colour = "yellow" if shift.get("fired") else "dim"
+        console.print(
+            f"[{colour}]set-level shift test (KS on OOD distance and score vs validation, statistic "
+            f"{shift['statistic']:.3f}): {shift['summary']}[/]"
+        )
+    elif shift:
+        console.print(f"[dim]set-level shift test skipped: {shift['skipped']}[/]")
     console.print(f"report: [bold]{escape(str(result.report_path))}[/]")
     console.print(f"[italic]{DISCLAIMER}[/]")

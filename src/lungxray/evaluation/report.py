@@ -237,6 +237,31 @@ def _data_section(card: RunCard, m: dict) -> str:
     return "".join(parts)
 
 
+def _shift_section(m: dict) -> str:
+    """Does the evaluated set differ from the training data? (set-level KS test vs validation)"""
+    sh = m.get("shift")
+    if not sh:
+        return ""
+    if "summary" not in sh:
+        return f"<h2>Does this set differ from the training data?</h2><p>Not tested: {_e(sh.get('skipped'))}.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(f['name'])}</td><td>{f['statistic']:.3f}</td><td>{f['p_value']:.2g}</td></tr>"
+        for f in sh.get("per_feature", [])
+    )
+    verdict = (
+        '<div class="warn">Yes: the metrics in this report describe a population unlike the one the '
+        "model was trained and calibrated on; its threshold and its OOD flags may not hold here.</div>"
+        if sh.get("fired") else ""
+    )
+    return (
+        "<h2>Does this set differ from the training data?</h2>"
+        f"<p>{_e(sh['summary'])}. Two-sample Kolmogorov-Smirnov tests of the per-image OOD distance and "
+        f"score against {_e(sh['n_ref'])} validation images (Bonferroni-combined p = {sh['p_value']:.2g}, "
+        f"fires below {sh['alpha']}).</p>{verdict}"
+        f"<table><tr><th>column</th><th>KS statistic</th><th>p</th></tr>{rows}</table>"
+    )
+
+
 def _model_section(card: RunCard, m: dict) -> str:
     t = card.training
     params = t.parameters
@@ -408,6 +433,7 @@ def _render(card: RunCard, m: dict, folder: Path) -> str:
             _header(card, m),
             _cards(m),
             _data_section(card, m),
+            _shift_section(m),
             _model_section(card, m),
             _metrics_section(card, m),
             _figures_section(folder / "figures", m),

@@ -78,7 +78,7 @@ def _summary(p: float, fired: bool, n: int, worst: str) -> str:
     if fired:
         return (
             f"this set differs from the training data (p = {p:.2g}, n = {n}, mostly in {worst}): the "
-            "figures below may not hold for it"
+            "metrics, threshold and OOD flags measured on the training data may not hold for it"
         )
     return (
         f"no evidence that this set differs from the training data (p = {p:.2g}, n = {n}); this does "

@@ -106,7 +106,7 @@ def _external_manifest(data: str | Path, cfg: Config, classes: list[str], task: 
     p = Path(data)
     if not p.exists():
         raise DataError(f"evaluation data {str(p)!r} does not exist; give a folder of class folders.")
-    d = replace(cfg.data, task=None, max_images=None)
+    d = replace(cfg.data, task=None, max_images=None, sources=[])
     if p.is_file():
         d = replace(d, path=str(p.parent), csv=str(p))
     elif d.csv and (p / Path(d.csv).name).is_file():
@@ -350,6 +350,14 @@ def evaluate_run(
         threshold=card.threshold, thresholds=card.thresholds,
         groups=np.asarray(m.patients), n_boot=n_boot, ci=cfg.eval.ci, seed=cfg.train.seed,
     )  # fmt: skip
+    if len(set(m.source_names)) > 1:  # multi-source run: the per-source (subgroup) table
+        from lungxray.evaluation.subgroups import metrics_by_source
+
+        body["by_source"] = metrics_by_source(
+            task, y, prob[:, 0] if task == "binary" else prob, classes, m.source_names,
+            groups=m.patients, threshold=card.threshold, thresholds=card.thresholds,
+            n_boot=n_boot, ci=cfg.eval.ci, seed=cfg.train.seed,
+        )  # fmt: skip
     t_metrics = time.perf_counter()
     overlap = _training_overlap(run_dir, m.paths) if data is not None else 0
     if overlap:
@@ -439,6 +447,9 @@ def render_summary(result: EvalResult, console: Console) -> None:
     console.print(table)
     counts = ", ".join(f"{k} {v}" for k, v in body.get("class_counts", {}).items())
     console.print(f"class counts: {escape(counts)}")
+    for source, g in body.get("by_source", {}).items():
+        line = ", ".join(f"{k} {_cell(g.get(k))}" for k in ("auc", "sensitivity", "specificity") if k in g)
+        console.print(f"source {escape(source)} ({g.get('n')} images): {escape(line or g.get('error', ''))}")
     boot = body.get("bootstrap", {})
     console.print(f"CIs: percentile bootstrap over {boot.get('unit', 'patient')}s, {boot.get('n')} resamples")
     if binary:

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from multisource import make_two_sources
 
 from lungxray.config import load_config
 from lungxray.errors import ConfigError
 from lungxray.evaluation.subgroups import by_source_section, leave_one_source_out, metrics_by_source
+from multisource import make_two_sources
 
 
 @pytest.mark.filterwarnings("ignore:binary_metrics. only one class")

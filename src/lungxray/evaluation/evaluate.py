@@ -134,7 +134,9 @@ def _eval_manifest(
                 f"the {split} split of {run_dir} is empty (splits.csv: {counts}); "
                 "choose another --split or evaluate on another data set with --data."
             )
-        source = card.training.data or cfg.data.path
+        source = card.training.data or cfg.data.path or "sources: " + ", ".join(
+            s.source_name for s in cfg.data.sources
+        )
         return part, str(source), split
     m = _external_manifest(data, cfg, classes, task)
     part = m.split(split)

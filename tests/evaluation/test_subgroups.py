@@ -62,3 +62,11 @@ def test_two_source_run_reports_by_source(tmp_path, cache_dir):
     assert by["kermany"]["n"] + by["nih"]["n"] == result.metrics["n"]
     assert by["kermany"]["n"] == 8 and "sensitivity" in by["nih"]
     assert "By data source" in result.report_path.read_text()
+    # an external --data set of a multi-source run is read as one plain source (no label_map, no by_source)
+    ext = tmp_path / "ext"
+    for k in ("NORMAL", "PNEUMONIA"):
+        (ext / k).mkdir(parents=True)
+        for f in sorted((tmp_path / "data" / "kermany" / "test" / k).iterdir())[:2]:
+            (ext / k / f.name).symlink_to(f.resolve())
+    external = evaluate_run(tmp_path / "ms", data=ext, n_boot=0, progress=False, cache_dir=cache_dir)
+    assert external.metrics["n"] == 4 and "by_source" not in external.metrics

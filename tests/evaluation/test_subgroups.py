@@ -62,6 +62,8 @@ def test_two_source_run_reports_by_source(tmp_path, cache_dir):
     assert by["kermany"]["n"] + by["nih"]["n"] == result.metrics["n"]
     assert by["kermany"]["n"] == 8 and "sensitivity" in by["nih"]
     assert "By data source" in result.report_path.read_text()
+    predictions = (result.out_dir / "predictions.csv").read_text().splitlines()
+    assert predictions[0].endswith(",correct,source") and predictions[-1].endswith(",nih")
     # an external --data set of a multi-source run is read as one plain source (no label_map, no by_source)
     ext = tmp_path / "ext"
     for k in ("NORMAL", "PNEUMONIA"):

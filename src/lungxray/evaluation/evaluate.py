@@ -160,7 +160,8 @@ def _training_overlap(run_dir: Path, paths: tuple[str, ...]) -> int:
 
 
 def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarray) -> None:
-    """predictions.csv: path, patient, true_label, score_<class>..., predicted_label, correct."""
+    """predictions.csv: path, patient, true_label, score_<class>..., predicted_label, correct (and source
+    for a multi-source run)."""
     scores = probabilities_to_scores(prob, m.task)
     classes = list(m.classes)
     true = m.label_strings()
@@ -176,11 +177,11 @@ def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarr
         w = csv.writer(fh)
         w.writerow(
             [csv_cell(c) for c in ["path", "patient", "true_label", *[f"score_{c}" for c in classes],
-                                   "predicted_label", "correct"]]
+                                   "predicted_label", "correct", *(["source"] if m.sources else [])]]
         )  # fmt: skip
         for i in range(len(m)):
             w.writerow([*map(csv_cell, (m.paths[i], m.patients[i], true[i])), *[f"{v:.6f}" for v in scores[i]],
-                        csv_cell(pred_str[i]), int(correct[i])])  # fmt: skip
+                        csv_cell(pred_str[i]), int(correct[i]), *([csv_cell(m.sources[i])] if m.sources else [])])  # fmt: skip
 
 
 def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, card: RunCard) -> list[tuple[int, str]]:

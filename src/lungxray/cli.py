@@ -157,7 +157,7 @@ def train(
     if resume and out and config is None and (Path(out) / "config.yaml").is_file():
         config = str(Path(out) / "config.yaml")
     cfg = load_config(config, overrides)
-    if not cfg.data.path:
+    if not cfg.data.path and not cfg.data.sources:
         from lungxray.errors import ConfigError
 
         raise ConfigError("no data: give DATA (a folder) or data.path in the --config file.")

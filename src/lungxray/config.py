@@ -28,6 +28,29 @@ MONITORS = ("auc", "loss", "accuracy", "f1")
 
 
 @dataclass
+class SourceConfig:
+    """One data source of a multi-source recipe (``data.sources``); see docs/multi-source.md."""
+
+    path: str = ""
+    csv: str | None = None  # label table; relative to `path` unless absolute
+    name: str | None = None  # default: the folder name of `path` (or of the CSV's folder)
+    # source label -> task class, or null to drop rows with that label; empty = labels kept as they are.
+    # A row is class C if exactly one positive (non-normal) class is mapped from its labels; it is the
+    # normal class only if every one of its labels maps to it; otherwise it is dropped.
+    label_map: dict[str, Any] = field(default_factory=dict)
+    file_col: str | None = None
+    label_col: str | None = None
+    patient_col: str | None = None
+    split_col: str | None = None  # e.g. a column holding the source's own train/test split
+    label_sep: str = "|"
+
+    @property
+    def source_name(self) -> str:
+        """``name``, else the folder name of ``path`` (or of the CSV's folder)."""
+        return self.name or Path(self.path).name or Path(self.csv or "").parent.name or "source"
+
+
+@dataclass
 class DataConfig:
     """Where the images are, how labels and patients are read, and how images are preprocessed."""
 
@@ -51,6 +74,8 @@ class DataConfig:
     # who the model is for, in words shown on the model card and checked against DICOM headers, e.g.
     # "pediatric, 1-5 years, one hospital in Guangzhou" (age rule: lungxray.data.dicom_header)
     population: str | None = None
+    # several sources (folders / CSVs, each with its label mapping); empty = the single path/csv above
+    sources: list[SourceConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -140,6 +165,9 @@ class Config:
         check_option(self.train.monitor, MONITORS, "train.monitor")
         check_option(self.model.transfer, TRANSFER, "model.transfer")
         parse_threshold_strategy(self.eval.threshold)
+        names = [s.source_name for s in self.data.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources need distinct names (set `name`), got {names}.")
         for name, value, lo, hi in [
             ("data.val_fraction", self.data.val_fraction, 0.0, 0.9),
             ("data.test_fraction", self.data.test_fraction, 0.0, 0.9),
@@ -201,6 +229,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.")
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value or [], list):
+                raise ConfigError(f"{prefix}{key} must be a list, got {type(value).__name__}.")
+            item = typing.get_args(hint)[0]
+            kwargs[key] = [_build(item, v or {}, f"{prefix}{key}[{i}].") for i, v in enumerate(value or [])]
         else:
             kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
     return cls(**kwargs)

@@ -83,6 +83,8 @@ class Manifest:
         splits: "train" | "val" | "test" | "" (not yet assigned) per image.
         root: the data source (folder or CSV) as given, for reports.
         dropped: (path, reason) of rows left out while loading (e.g. a CSV row whose file is missing).
+        sources: data source name per image (multi-source recipes, ``data.sources``), or () when the
+            manifest has one source; ``source_names`` fills the default (the root's name).
     """
 
     paths: tuple[str, ...]
@@ -93,6 +95,7 @@ class Manifest:
     splits: tuple[str, ...]
     root: str = ""
     dropped: tuple[tuple[str, str], ...] = field(default=())
+    sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_option(self.task, TASKS, "task")
@@ -103,6 +106,8 @@ class Manifest:
             )
         if len(self.patients) != len(self.paths) or len(self.splits) != len(self.paths):
             raise ValueError("paths, patients and splits must have the same length")
+        if self.sources and len(self.sources) != len(self.paths):
+            raise ValueError("sources must be empty or have one name per path")
         bad = sorted(set(self.splits) - {*SPLITS, ""})
         if bad:
             raise ValueError(f"unknown split names {bad}; use train, val, test or ''")
@@ -134,11 +139,21 @@ class Manifest:
             labels=self.labels[index],
             patients=tuple(self.patients[i] for i in index),
             splits=tuple(self.splits[i] for i in index),
+            sources=tuple(self.sources[i] for i in index) if self.sources else (),
         )
 
     def split(self, name: str) -> Manifest:
         """Rows of one split ("train", "val", "test" or "" for unassigned); may be empty."""
         return self.subset(np.array([s == name for s in self.splits], dtype=bool))
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """Source name per row: ``sources``, or the root's name for a single-source manifest."""
+        if self.sources:
+            return self.sources
+        root = PurePath(self.root or "data")
+        name = root.parent.name if root.suffix.lower() == ".csv" else root.name
+        return (name or "data",) * len(self)
 
     @property
     def targets(self) -> np.ndarray:
@@ -168,7 +183,8 @@ class Manifest:
         return ["|".join(c for c, v in zip(self.classes, row, strict=True) if v == 1) for row in self.labels]
 
     def to_csv(self, path: str | os.PathLike) -> None:
-        """Write columns path, patient, split, label ('|'-joined positives); read back with ``from_splits_csv``.
+        """Write columns path, patient, split, label ('|'-joined positives), and source when the manifest
+        has ``sources`` (multi-source); read back with ``from_splits_csv``.
 
         Unknown (NaN) multilabel entries are written as negatives. Written atomically (``lungxray.io``).
         """
@@ -176,8 +192,9 @@ class Manifest:
 
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "patient", "split", "label"])
-            writer.writerows(zip(self.paths, self.patients, self.splits, self.label_strings(), strict=True))
+            columns = [self.paths, self.patients, self.splits, self.label_strings()]
+            writer.writerow(["path", "patient", "split", "label", *(["source"] if self.sources else [])])
+            writer.writerows(zip(*columns, *([self.sources] if self.sources else []), strict=True))
 
     @classmethod
     def from_splits_csv(
@@ -189,7 +206,7 @@ class Manifest:
         """Read a file written by ``to_csv`` (a run's splits.csv) back into a Manifest.
 
         Args:
-            path: the CSV with columns path, patient, split, label.
+            path: the CSV with columns path, patient, split, label (and optionally source).
             classes: class order to use (e.g. model.json's ``classes``); inferred from the labels if None.
             task: the task (e.g. model.json's ``task``); inferred if None.
         """
@@ -221,6 +238,7 @@ class Manifest:
             patients=tuple(r["patient"] for r in rows),
             splits=tuple(splits),
             root=str(path),
+            sources=tuple(r["source"] for r in rows) if "source" in header else (),
         )
 
 

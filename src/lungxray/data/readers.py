@@ -331,7 +331,20 @@ def from_csv(
 
 def load_manifest(cfg: DataConfig) -> Manifest:
     """The manifest a data config describes: ``from_csv`` when ``cfg.csv`` is set (relative to
-    ``cfg.path`` unless absolute; files relative to ``cfg.path``), else ``from_folders(cfg.path)``."""
+    ``cfg.path`` unless absolute; files relative to ``cfg.path``), else ``from_folders(cfg.path)``.
+    With ``cfg.sources``, each source is read so and mapped to the task (``data.sources``)."""
+    if cfg.sources:
+        from dataclasses import replace
+
+        from lungxray.data.sources import combine, map_labels
+
+        parts = []
+        for s in cfg.sources:
+            one = replace(cfg, sources=[], path=s.path, csv=s.csv, file_col=s.file_col, label_col=s.label_col,
+                          patient_col=s.patient_col, split_col=s.split_col, label_sep=s.label_sep,
+                          binary_negative=None, task=None)  # fmt: skip
+            parts.append(map_labels(load_manifest(one), s))
+        return combine(parts, cfg.task)
     if not cfg.path and not cfg.csv:
         raise DataError("no data given: set data.path to an image folder (and data.csv for a label table).")
     if cfg.csv:

@@ -62,33 +62,8 @@ def _take_patients(
     return rows[take[group_of_row]]
 
 
-def assign_splits(
-    m: Manifest, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
-) -> Manifest:
-    """Give every image a train / val / test split, by whole patients and stratified by label.
-
-    Existing val and test rows are kept. When the source has no test split, test is carved first from
-    train + unassigned rows; then, when it has no val split, val is carved from train. Only patients
-    whose every image is in train (or unassigned) move, so no patient is added to a second split.
-    Fractions are of all N images (0.15 / 0.15 gives about 70 / 15 / 15); 0 skips that split.
-    Deterministic for a given ``seed``; multilabel rows are stratified by their rarest positive label.
-
-    Raises:
-        ConfigError: a fraction outside [0, 1) or fractions summing to 1 or more.
-        DataError: a split would be empty, or train would have a single class.
-
-    >>> m = assign_splits(from_folders("data/chest_xray"), val_fraction=0.15, seed=0)   # doctest: +SKIP
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise ConfigError(f"data.{name} must be in [0, 1), got {value}.")
-    if val_fraction + test_fraction >= 1:
-        raise ConfigError(
-            f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}."
-        )
-    if len(m) == 0:
-        raise DataError(f"{m.root}: the manifest has no images to split.")
-
+def _carve(m: Manifest, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Split per row of one source: test carved (if it has none), unassigned -> train, then val."""
     n = len(m)
     splits = np.array(m.splits, dtype=object)
     patients = np.array(m.patients, dtype=object)
@@ -108,6 +83,50 @@ def assign_splits(
     if not (splits == "val").any() and val_fraction > 0:
         rows = movable(("train",))
         splits[_take_patients(rows, round(val_fraction * n), strata, patients, seed, "val")] = "val"
+    return splits
+
+
+def assign_splits(
+    m: Manifest, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> Manifest:
+    """Give every image a train / val / test split, by whole patients and stratified by label.
+
+    Existing val and test rows are kept. When the source has no test split, test is carved first from
+    train + unassigned rows; then, when it has no val split, val is carved from train. Only patients
+    whose every image is in train (or unassigned) move, so no patient is added to a second split.
+    Fractions are of all N images (0.15 / 0.15 gives about 70 / 15 / 15); 0 skips that split.
+    Deterministic for a given ``seed``; multilabel rows are stratified by their rarest positive label.
+    A multi-source manifest (``Manifest.sources``, patients already prefixed by source) is split per
+    source: each keeps its own test split, and val and test are carved from each source at these fractions.
+
+    Raises:
+        ConfigError: a fraction outside [0, 1) or fractions summing to 1 or more.
+        DataError: a split would be empty, or train would have a single class.
+
+    >>> m = assign_splits(from_folders("data/chest_xray"), val_fraction=0.15, seed=0)   # doctest: +SKIP
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"data.{name} must be in [0, 1), got {value}.")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}."
+        )
+    if len(m) == 0:
+        raise DataError(f"{m.root}: the manifest has no images to split.")
+
+    if len(set(m.source_names)) > 1:  # multi-source: carve each source on its own (every source in val)
+        names = np.asarray(m.source_names, dtype=object)
+        splits = np.array(m.splits, dtype=object)
+        for k, name in enumerate(dict.fromkeys(m.source_names)):
+            rows = np.flatnonzero(names == name)
+            part = m.subset(rows)
+            try:
+                splits[rows] = _carve(part, val_fraction, test_fraction, seed + k)
+            except DataError as exc:
+                raise DataError(f"source {name!r}: {exc}") from None
+    else:
+        splits = _carve(m, val_fraction, test_fraction, seed)
 
     out = m.with_splits(splits.tolist())
     needed = ["train"] + ["val"] * (val_fraction > 0) + ["test"] * (test_fraction > 0)

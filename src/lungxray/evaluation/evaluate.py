@@ -106,7 +106,7 @@ def _external_manifest(data: str | Path, cfg: Config, classes: list[str], task: 
     p = Path(data)
     if not p.exists():
         raise DataError(f"evaluation data {str(p)!r} does not exist; give a folder of class folders.")
-    d = replace(cfg.data, task=None, max_images=None)
+    d = replace(cfg.data, task=None, max_images=None, sources=[])
     if p.is_file():
         d = replace(d, path=str(p.parent), csv=str(p))
     elif d.csv and (p / Path(d.csv).name).is_file():
@@ -134,7 +134,9 @@ def _eval_manifest(
                 f"the {split} split of {run_dir} is empty (splits.csv: {counts}); "
                 "choose another --split or evaluate on another data set with --data."
             )
-        source = card.training.data or cfg.data.path
+        source = card.training.data or cfg.data.path or "sources: " + ", ".join(
+            s.source_name for s in cfg.data.sources
+        )
         return part, str(source), split
     m = _external_manifest(data, cfg, classes, task)
     part = m.split(split)
@@ -158,7 +160,8 @@ def _training_overlap(run_dir: Path, paths: tuple[str, ...]) -> int:
 
 
 def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarray) -> None:
-    """predictions.csv: path, patient, true_label, score_<class>..., predicted_label, correct."""
+    """predictions.csv: path, patient, true_label, score_<class>..., predicted_label, correct (and source
+    for a multi-source run)."""
     scores = probabilities_to_scores(prob, m.task)
     classes = list(m.classes)
     true = m.label_strings()
@@ -174,11 +177,11 @@ def _write_predictions(path: Path, m: Manifest, prob: np.ndarray, pred: np.ndarr
         w = csv.writer(fh)
         w.writerow(
             [csv_cell(c) for c in ["path", "patient", "true_label", *[f"score_{c}" for c in classes],
-                                   "predicted_label", "correct"]]
+                                   "predicted_label", "correct", *(["source"] if m.sources else [])]]
         )  # fmt: skip
         for i in range(len(m)):
             w.writerow([*map(csv_cell, (m.paths[i], m.patients[i], true[i])), *[f"{v:.6f}" for v in scores[i]],
-                        csv_cell(pred_str[i]), int(correct[i])])  # fmt: skip
+                        csv_cell(pred_str[i]), int(correct[i]), *([csv_cell(m.sources[i])] if m.sources else [])])  # fmt: skip
 
 
 def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, card: RunCard) -> list[tuple[int, str]]:
@@ -351,6 +354,14 @@ def evaluate_run(
         threshold=card.threshold, thresholds=card.thresholds,
         groups=np.asarray(m.patients), n_boot=n_boot, ci=cfg.eval.ci, seed=cfg.train.seed,
     )  # fmt: skip
+    if len(set(m.source_names)) > 1:  # multi-source run: the per-source (subgroup) table
+        from lungxray.evaluation.subgroups import metrics_by_source
+
+        body["by_source"] = metrics_by_source(
+            task, y, prob[:, 0] if task == "binary" else prob, classes, m.source_names,
+            groups=m.patients, threshold=card.threshold, thresholds=card.thresholds,
+            n_boot=n_boot, ci=cfg.eval.ci, seed=cfg.train.seed,
+        )  # fmt: skip
     t_metrics = time.perf_counter()
     overlap = _training_overlap(run_dir, m.paths) if data is not None else 0
     if overlap:
@@ -455,6 +466,9 @@ def render_summary(result: EvalResult, console: Console) -> None:
     console.print(table)
     counts = ", ".join(f"{k} {v}" for k, v in body.get("class_counts", {}).items())
     console.print(f"class counts: {escape(counts)}")
+    for source, g in body.get("by_source", {}).items():
+        line = ", ".join(f"{k} {_cell(g.get(k))}" for k in ("auc", "sensitivity", "specificity") if k in g)
+        console.print(f"source {escape(source)} ({g.get('n')} images): {escape(line or g.get('error', ''))}")
     boot = body.get("bootstrap", {})
     console.print(f"CIs: percentile bootstrap over {boot.get('unit', 'patient')}s, {boot.get('n')} resamples")
     if binary:

@@ -21,6 +21,7 @@ from lungxray import DISCLAIMER, __version__
 from lungxray.errors import RunError
 from lungxray.evaluation.report_assets import CSS, FIGURE_CAPTIONS
 from lungxray.evaluation.shortcut import shortcut_section
+from lungxray.evaluation.subgroups import by_source_section
 from lungxray.io import atomic_write_text
 from lungxray.runcard import RunCard
 
@@ -436,6 +437,7 @@ def _render(card: RunCard, m: dict, folder: Path) -> str:
             _shift_section(m),
             _model_section(card, m),
             _metrics_section(card, m),
+            by_source_section(m),
             _figures_section(folder / "figures", m),
             shortcut_section(m) if "shortcut" in m else "",
             _clinician_section(card, m),

@@ -31,11 +31,14 @@ class PreparedData:
 
 
 def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
-    """Seeded subsample of ``max_images`` rows, stratified by label and split (for smoke runs)."""
+    """Seeded subsample of ``max_images`` rows, stratified by label and split (and source, for a
+    multi-source manifest) for smoke runs."""
     if len(m) <= max_images:
         return m
     rng = np.random.default_rng(seed)
     strata = np.array([f"{s}|{lab}" for s, lab in zip(m.splits, m.label_strings(), strict=True)])
+    if m.sources:  # every source keeps its share (single-source strata unchanged)
+        strata = np.char.add(np.array([f"{src}|" for src in m.sources]), strata)
     keep: list[int] = []
     for value in np.unique(strata):
         rows = np.flatnonzero(strata == value)

@@ -68,7 +68,8 @@ def resume_manifest(run_dir: Path) -> Manifest:
         m = Manifest.from_splits_csv(splits, classes=record["classes"], task=record["task"])
     except (ValueError, KeyError, TypeError) as exc:
         raise RunError(f"cannot resume {run_dir}: {RECORD} or {SPLITS} is damaged ({exc}).") from None
-    m = Manifest(m.paths, m.labels, m.classes, m.task, m.patients, m.splits, root=record.get("root", ""))
+    m = Manifest(m.paths, m.labels, m.classes, m.task, m.patients, m.splits, root=record.get("root", ""),
+                 sources=m.sources)
     if set(m.paths) != set(files) or _digest(m, [files[p] for p in m.paths]) != record["sha1"]:
         raise RunError(f"cannot resume {run_dir}: {SPLITS} was changed after the run started.")
     gone = [p for p in m.paths if not Path(p).is_file()]

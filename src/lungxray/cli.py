@@ -244,38 +244,6 @@ def compare(
     render_comparison(compare_runs(runs, split=split, out=out), console)
 
 
-def _rows_of(csv_path: str) -> list:
-    """The rows of a streamed predictions CSV as light objects for ``_predict_end_lines`` (floats only)."""
-    import csv
-    from types import SimpleNamespace
-
-    def num(v: str) -> float | None:
-        return float(v) if v not in ("", None) else None
-
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        return [
-            SimpleNamespace(path=r["path"], error=r["error"] or None, ood_score=num(r["ood_score"]),
-                            score=num(r["score"]), warnings=[w for w in (r.get("warnings") or "").split("|") if w])
-            for r in csv.DictReader(fh)
-        ]  # fmt: skip
-
-
-def _predict_end_lines(predictor: Any, results: list) -> None:
-    """DICOM header warnings per row, then one line: does this set differ from the training data?"""
-    for r in results:
-        for w in getattr(r, "warnings", None) or []:
-            console.print(f"[yellow]{r.path}: {w}[/]")
-    ok = [r for r in results if r.error is None and r.ood_score is not None and r.score is not None]
-    if len(ok) < 20:
-        return  # one image at a time says nothing about the set; the OOD flag covers single images
-    from lungxray.calibrate import set_shift
-
-    res = set_shift(predictor.run_dir, None, [r.ood_score for r in ok], [r.score for r in ok])
-    if res is not None:
-        colour = "yellow" if res.fired else "dim"
-        console.print(f"[{colour}]set-level shift test (KS statistic {res.statistic:.3f}): {res.summary}[/]")
-
-
 @app.command()
 def predict(
     run: Annotated[str, typer.Argument(help="Run directory.")],
@@ -297,11 +265,12 @@ def predict(
         writer = HeatmapWriter(predictor, heatmaps)
     paths = predictor.expand_inputs(inputs)
     if out and Path(out).suffix.lower() == ".csv":
+        from lungxray.predict_output import render_set_summary, rows_of_csv
         from lungxray.predict_stream import predict_files_to_csv
 
         failed = predict_files_to_csv(predictor, paths, out, heatmaps=writer, batch_size=batch_size,
                                       workers=workers, resume=resume, console=console, err=err)  # fmt: skip
-        _predict_end_lines(predictor, _rows_of(out))
+        render_set_summary(predictor, rows_of_csv(out), console)
     else:
         if resume:
             from lungxray.errors import ConfigError
@@ -315,6 +284,7 @@ def predict(
 
 def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
     from lungxray.predict import render_predictions, write_predictions
+    from lungxray.predict_output import render_set_summary
 
     results = []
     # one pass: each record (decoded once) feeds the heatmaps, then only its Prediction is kept
@@ -325,7 +295,7 @@ def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
     if out:
         write_predictions(results, out)
     render_predictions(results, console)
-    _predict_end_lines(predictor, results)
+    render_set_summary(predictor, results, console)
     return any(r.error for r in results)
 
 

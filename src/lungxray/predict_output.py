@@ -102,3 +102,37 @@ def render_predictions(results: Iterable[Any], console: Any) -> None:
     console.print(
         f"{len(preds)} inputs: {len(preds) - n_err} predicted, {n_err} failed, {n_ood} out of distribution."
     )
+
+
+def rows_of_csv(csv_path: str | os.PathLike) -> list[Any]:
+    """The rows of a streamed predictions CSV as light objects for ``_predict_end_lines`` (floats only)."""
+    import csv
+    from types import SimpleNamespace
+
+    def num(v: str) -> float | None:
+        return float(v) if v not in ("", None) else None
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return [
+            SimpleNamespace(path=r["path"], error=r["error"] or None, ood_score=num(r["ood_score"]),
+                            score=num(r["score"]), warnings=[w for w in (r.get("warnings") or "").split("|") if w])
+            for r in csv.DictReader(fh)
+        ]  # fmt: skip
+
+
+def render_set_summary(predictor: Any, results: list, console: Any) -> None:
+    """DICOM header warnings per row, then one line: does this set differ from the training data?"""
+    from rich.markup import escape
+
+    for r in results:
+        for w in getattr(r, "warnings", None) or []:
+            console.print(f"[yellow]{escape(str(r.path))}: {escape(w)}[/]")
+    ok = [r for r in results if r.error is None and r.ood_score is not None and r.score is not None]
+    if len(ok) < 20:
+        return  # one image at a time says nothing about the set; the OOD flag covers single images
+    from lungxray.calibrate import set_shift
+
+    res = set_shift(predictor.run_dir, None, [r.ood_score for r in ok], [r.score for r in ok])
+    if res is not None:
+        colour = "yellow" if res.fired else "dim"
+        console.print(f"[{colour}]set-level shift test (KS statistic {res.statistic:.3f}): {res.summary}[/]")

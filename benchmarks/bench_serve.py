@@ -32,6 +32,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from lungxray.bench import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = (
     REPO / ".." / "shared" / "data" / "chest_xray" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
@@ -61,16 +63,6 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
     except ImportError:
         return {}
     return {"VmRSS": psutil.Process(pid).memory_info().rss / 2**20}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def start_server(run: Path, port: int, workers: int, timeout: float = 240.0) -> subprocess.Popen:

@@ -91,7 +91,7 @@ def _unseen_chest_xrays(run: Path, n: int) -> list[Path]:
 def test_drift_fires_on_nih_and_stays_quiet_on_chest_xray(tiny_run: Path) -> None:
     require_data(NIH)
     app = create_app(tiny_run)
-    assert app.state.drift_source.startswith("splits.csv val rows")
+    assert app.state.drift_source.startswith("model.safetensors")  # the val pairs stored at training
     quiet = TestClient(app, base_url=LOCAL)
     for path in _unseen_chest_xrays(tiny_run, 60):
         assert predict(quiet, path).status_code == 200
@@ -204,3 +204,17 @@ def test_filename_query_kept_out_of_access_logs() -> None:
     )
     assert RedactQuery().filter(record)
     assert "Jane" not in record.getMessage() and "/api/predict" in record.getMessage()
+
+
+def test_drift_reference_without_stored_pairs_comes_from_the_val_rows(tiny_run: Path, tmp_path: Path) -> None:
+    """A run whose weights carry no stored validation pairs (trained before they were stored) falls
+    back to predicting its splits.csv val rows once at start-up."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt", "eval", "figures"))
+    arrays = {k: v for k, v in load_file(str(run / "model.safetensors")).items() if "ref_" not in k}
+    save_file(arrays, str(run / "model.safetensors"))
+    assert create_app(run).state.drift_source.startswith("splits.csv val rows")

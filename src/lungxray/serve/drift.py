@@ -1,6 +1,7 @@
 """The reference of the server's drift check: the run's validation (ood_distance, score) pairs.
 
 Where it comes from, first found wins:
+0. the pairs stored in ``model.safetensors`` at calibration (``__ood__.ref_*``: every run trained now);
 1. ``RUN/drift_reference.csv`` (columns ``ood_distance``, ``score``), e.g. written by a site;
 2. ``RUN/eval/val/predictions.csv`` when it carries an OOD column (``ood_distance`` or ``ood_score``)
    and a score column (``score`` or ``score_<positive class>``);
@@ -65,6 +66,26 @@ def _val_paths(run_dir: Path, data_root: str | None) -> list[Path]:
     return [p if p.is_absolute() or root is None else root / p for p in paths]
 
 
+def _stored(run_dir: Path) -> np.ndarray | None:
+    """The validation (ood_distance, score) pairs that calibration stores in model.safetensors, if any."""
+    from safetensors import safe_open
+
+    from lungxray.rundir import OOD_PREFIX
+
+    path = run_dir / "model.safetensors"
+    keys = (OOD_PREFIX + "ref_distance", OOD_PREFIX + "ref_score")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            names = set(fh.keys())
+            if not names.issuperset(keys):
+                return None
+            dist, score = (np.asarray(fh.get_tensor(k), np.float64) for k in keys)
+    except (OSError, ValueError):  # a missing or unreadable file: the other sources decide
+        return None
+    ref = np.stack([dist, score], 1)
+    return ref if len(ref) >= MIN_ROWS else None
+
+
 def load_reference(
     run_dir: Path,
     card: Any,
@@ -81,6 +102,9 @@ def load_reference(
     """
     if card.ood is None:
         return None, "none: the run has no OOD statistics"
+    stored = _stored(run_dir)
+    if stored is not None:
+        return stored, "model.safetensors (validation pairs stored at calibration)"
     positive = card.positive_class
     for path in (run_dir / "drift_reference.csv", run_dir / "eval" / "val" / "predictions.csv"):
         if path.is_file():

@@ -76,3 +76,41 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     seen = [float(h["images_per_s"]) * float(h["seconds"]) for h in (h1[0], h2[0])]
     assert seen[0] == pytest.approx(n_train, abs=1) and seen[1] == pytest.approx(n_train / 2, abs=3)  # sharded
     assert (one / "splits.csv").read_bytes() == (two / "splits.csv").read_bytes()
+
+
+def test_a_distributed_run_resumes_where_it_stopped(tmp_path):
+    """Two ranks train 1 epoch and stop; resumed under torchrun for a 2nd epoch, the run equals an
+    uninterrupted 2-epoch two-rank run (constant schedule: the LR does not depend on the epoch count)."""
+    require_data()
+    import yaml
+
+    cache = tmp_path / "cache"
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    SETS["train.schedule"] = "constant"
+    try:
+        _train(whole, cache, 2)
+        SETS["train.epochs"] = "1"
+        _train(cut, cache, 2)
+    finally:
+        SETS["train.epochs"] = "2"
+        del SETS["train.schedule"]
+    # the 1-epoch run becomes an interrupted 2-epoch run: its recipe asks for 2, and it is not finished
+    cfg = yaml.safe_load((cut / "config.yaml").read_text())
+    cfg["train"]["epochs"] = 2
+    (cut / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (cut / "model.json").unlink()
+    first_epoch = _history(cut)[0]  # its timing columns identify this very epoch
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launcher, "-m", "lungxray.cli", "train", str(CHEST_XRAY), "--out", str(cut), "--resume", "--quiet"],
+        env=env, timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for f in RUN_FILES:
+        assert (cut / f).is_file(), f
+    h_whole, h_cut = _history(whole), _history(cut)
+    assert len(h_cut) == 2 and h_cut[0] == first_epoch  # continued: epoch 1 was not trained again
+    for a, b in zip(h_whole, h_cut, strict=True):
+        assert float(a["val_auc"]) == pytest.approx(float(b["val_auc"]), abs=1e-6)
+    assert_same_weights(weights_of(whole), weights_of(cut), atol=1e-5)

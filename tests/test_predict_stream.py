@@ -151,3 +151,14 @@ def test_cli_streamed_csv_with_heatmaps_and_resume_without_csv(predictor, tmp_pa
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(predictor.run_dir), str(folder), "--resume"])
     assert exc.value.code == 2 and "--resume needs" in capsys.readouterr().err
+
+
+def test_bench_serves_real_requests_in_process(tiny_run):
+    """`lungxray bench`'s server row posts real uploads; every one must be answered 200 (the Host guard
+    of the server once turned them all into 400s and the row read 0 req/s)."""
+    pytest.importorskip("fastapi")
+    from conftest import xray_files
+    from lungxray.bench import bench_serve_inprocess
+
+    r = bench_serve_inprocess(tiny_run, xray_files(1)[0], seconds=1.0)
+    assert r["requests"] >= 1 and r["ok"] == r["requests"] and r["req_per_s"] > 0

@@ -158,7 +158,8 @@ def bench_serve_inprocess(run: Path, image: Path, seconds: float = 5.0) -> dict[
     from lungxray.serve.app import create_app
 
     data = image.read_bytes()
-    with TestClient(create_app(run)) as client:
+    # the server refuses Host headers other than its own names (DNS-rebinding guard): speak as localhost
+    with TestClient(create_app(run), base_url="http://localhost") as client:
 
         def post() -> int:
             files = {"file": (image.name, data, "application/octet-stream")}

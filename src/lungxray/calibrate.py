@@ -90,32 +90,22 @@ def fit_ood(train_features: np.ndarray, val_features: np.ndarray, quantile: floa
     return Calibrated(Calibration("0.5"), spec, {"mean": mean, "precision": precision})
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str = "binary", max_iter: int = 100) -> float:
+def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str = "binary") -> float:
     """Temperature T > 0 minimising the validation NLL of ``logits / T`` (Guo et al. 2017).
 
     Binary: ``logits`` (N,) or (N, 1), ``y`` (N,) 0/1; multiclass: (N, C) and class indices (N,);
-    multilabel: (N, C) and (N, C) 0/1 with NaN unknown. Pure: nothing is applied or stored.
+    multilabel: (N, C) and (N, C) 0/1 with NaN unknown (one temperature shared by every label: the
+    known entries form one binary problem). Pure: nothing is applied or stored. The fit itself is
+    ``lungxray.site.fit_temperature``'s (the one implementation, also used for site calibration).
     """
-    z = torch.as_tensor(np.asarray(logits, np.float64))
-    t = torch.as_tensor(np.asarray(y, np.float64))
-    if task == "binary":
-        z, t = z.reshape(-1), t.reshape(-1)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-    known = ~torch.isnan(t)
+    from lungxray.site import fit_temperature as fit
 
-    def nll() -> torch.Tensor:
-        opt.zero_grad()
-        scaled = z / log_t.exp()
-        if task == "multiclass":
-            loss = torch.nn.functional.cross_entropy(scaled, t.long())
-        else:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(scaled[known], t[known])
-        loss.backward()
-        return loss
-
-    opt.step(nll)
-    return float(log_t.detach().exp())
+    z = np.asarray(logits, np.float64)
+    t = np.asarray(y, np.float64)
+    if task == "multiclass":
+        return fit(z, t)[0]
+    known = ~np.isnan(t)
+    return fit(z.reshape(t.shape)[known].reshape(-1), t[known].reshape(-1))[0]
 
 
 def calibrate(

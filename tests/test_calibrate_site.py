@@ -105,6 +105,9 @@ def test_calibrate_unlabeled_estimates_prevalence_and_says_what_it_cannot_correc
     assert 0.0 <= res.prevalence["bbse"]["estimate"] <= 1.0
     new = RunCard.read(out)
     assert new.calibration.split == "site-unlabeled" and new.threshold == res.prevalence["threshold_new"]
+    # the bias-corrected temperature scaling that EM used is in the card, both of its parameters
+    assert new.calibration.bias == pytest.approx(res.prevalence["bias"], abs=1e-6)
+    assert new.calibration.temperature == pytest.approx(res.prevalence["temperature"], abs=1e-6)
     assert res.shift is not None and any("not a change in how" in n for n in res.notes)
     assert run_cli(["calibrate", str(tiny_run), "--data", str(site), "--unlabeled",
                     "--out", str(tmp_path / "prev2"), "--quiet"]) == 0  # fmt: skip

@@ -201,7 +201,7 @@ def adapt_prevalence(
     }  # fmt: skip
     cal = Calibration(
         strategy=f"prior-adjusted({card.threshold_strategy})", split="site-unlabeled", threshold=t_new,
-        temperature=round(temperature, 6), name=name, created=_now(), n=len(p_site),
+        temperature=round(temperature, 6), bias=round(float(bias), 6), name=name, created=_now(), n=len(p_site),
         fingerprint=fingerprint(paths),
         notes=f"EM prevalence {em[0]:.3f} [{em[1]:.3f}, {em[2]:.3f}] (validation {pi:.3f}), BBSE "
         f"{bbse[0]:.3f}; bias-corrected temperature {temperature:.3f}, bias {float(bias):.3f} on val; "

@@ -119,7 +119,8 @@ class Calibration:
 
     ``threshold`` (binary: positive when P(positive) >= threshold) or ``thresholds`` (multilabel, one
     per class); multiclass uses argmax and stores neither. ``temperature`` divides the logits before
-    the activation (1.0 = none). ``split`` names the data it was chosen on ("val" at training time,
+    the activation (1.0 = none); ``bias`` (binary, bias-corrected temperature scaling) is then added to
+    the logit: calibrated P = sigmoid(logit / temperature + bias). ``split`` names the data it was chosen on ("val" at training time,
     or a site's sample), ``n`` its size, ``fingerprint`` a hash of its files.
     """
 
@@ -128,6 +129,7 @@ class Calibration:
     threshold: float | None = None
     thresholds: tuple[float, ...] | None = None
     temperature: float = 1.0
+    bias: float | None = None
     name: str = "training"
     created: str = ""
     n: int | None = None
@@ -150,6 +152,7 @@ class Calibration:
             threshold=None if t is None else float(t),
             thresholds=None if ts is None else tuple(float(x) for x in ts),
             temperature=float(d.get("temperature", 1.0)),
+            bias=None if d.get("bias") is None else float(d["bias"]),
             name=str(d.get("name", "training")),
             created=str(d.get("created", "")),
             n=None if d.get("n") is None else int(d["n"]),

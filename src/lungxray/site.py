@@ -21,10 +21,12 @@ Minimum sample (``required_sample``), so that the chosen threshold is estimable 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
 
 from lungxray.config import parse_threshold_strategy
 from lungxray.errors import DataError
@@ -316,10 +318,12 @@ def crossfit_site_calibration(
             meets &= ok
             if check_size and not ok:
                 check_sample_size(yy[cal], strategy)
-            t = choose_threshold(yy[cal], pp[cal], strategy) if 0 < n_pos < len(cal) else 0.5
+            with warnings.catch_warnings():  # a too-small sample is marked below (meets_minimum), not warned
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                t = choose_threshold(yy[cal], pp[cal], strategy) if 0 < n_pos < len(cal) else 0.5
             row.append(float(t))
             site[s, held] = pp[held] >= t
-            t_best = choose_threshold(yy[held], pp[held], strategy)
+            t_best = choose_threshold(yy[held], pp[held], strategy, finite_sample=False)  # the oracle
             ceil[s, held] = pp[held] >= t_best
         thresholds.append(row)
     out: dict[str, Any] = {

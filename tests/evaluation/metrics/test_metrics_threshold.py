@@ -48,22 +48,56 @@ def _sens_spec(y, s, t):
 
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 1.0])
-def test_sensitivity_and_specificity_constraints(target):
+@pytest.mark.parametrize("finite_sample", [True, False])
+def test_sensitivity_and_specificity_constraints(target, finite_sample):
+    """The chosen threshold meets the constraint (counts / (n + 1) by default, / n in-sample) and is the
+    best such threshold: one step further breaks it."""
     rng = np.random.default_rng(7)
     y = rng.integers(0, 2, 200)
     s = np.round(np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1), 3)
     unique = np.unique(s)
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    extra = 1 if finite_sample and target < 1 else 0
 
-    t = choose_threshold(y, s, f"sensitivity>={target}")
-    assert _sens_spec(y, s, t)[0] >= target
+    def sens(t):
+        return np.sum(s[y == 1] >= t) / (n_pos + extra)
+
+    def spec(t):
+        return np.sum(s[y == 0] < t) / (n_neg + extra)
+
+    t = choose_threshold(y, s, f"sensitivity>={target}", finite_sample=finite_sample)
+    assert sens(t) >= target
     higher = unique[unique > t]
-    assert len(higher) == 0 or _sens_spec(y, s, higher.min())[0] < target  # the highest such threshold
+    assert len(higher) == 0 or sens(higher.min()) < target  # the highest such threshold
 
-    t = choose_threshold(y, s, f"specificity>={target}")
-    assert _sens_spec(y, s, t)[1] >= target
+    t = choose_threshold(y, s, f"specificity>={target}", finite_sample=finite_sample)
+    assert spec(t) >= target
     lower = unique[unique < t]
-    assert len(lower) == 0 or _sens_spec(y, s, lower.max())[1] < target  # the lowest such threshold
+    assert len(lower) == 0 or spec(lower.max()) < target  # the lowest such threshold
     assert 0.0 <= t <= 1.0
+
+
+def test_finite_sample_rule_keeps_sensitivity_on_new_positives():
+    """62 positives, target 0.95: the in-sample rule allows 3 misses (expected 1 - 4/63 = 0.937 on new
+    positives); the finite-sample rule allows 2 (1 - 3/63 = 0.952). Measured on fresh draws."""
+    rng = np.random.default_rng(0)
+    held_out = {True: [], False: []}
+    for _ in range(400):
+        pos, neg = rng.normal(1.0, 1.0, 62), rng.normal(-1.0, 1.0, 38)
+        y, s = np.r_[np.ones(62), np.zeros(38)], np.r_[pos, neg]
+        new = rng.normal(1.0, 1.0, 2000)
+        for fs in (True, False):
+            held_out[fs].append(np.mean(new >= choose_threshold(y, s, "sensitivity>=0.95", finite_sample=fs)))
+    assert np.mean(held_out[True]) >= 0.945
+    assert np.mean(held_out[False]) < 0.945
+
+
+def test_finite_sample_rule_warns_when_the_class_is_too_small():
+    y = np.array([1] * 10 + [0] * 10)
+    s = np.linspace(0, 1, 20)
+    with pytest.warns(UndefinedMetricWarning, match="at least 19"):
+        t = choose_threshold(y, s, "sensitivity>=0.95")
+    assert t == choose_threshold(y, s, "sensitivity>=0.95", finite_sample=False)
 
 
 def test_specificity_one_when_a_negative_scores_highest_stays_in_unit_interval():

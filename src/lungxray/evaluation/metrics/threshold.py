@@ -6,6 +6,7 @@ Strategies are parsed by ``lungxray.config.parse_threshold_strategy``: ``youden`
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -17,7 +18,7 @@ from lungxray.config import parse_threshold_strategy
 from lungxray.evaluation.metrics import _checks as ck
 
 
-def choose_threshold(y_true: Any, score: Any, strategy: str = "youden") -> float:
+def choose_threshold(y_true: Any, score: Any, strategy: str = "youden", *, finite_sample: bool = True) -> float:
     """Pick the operating threshold from VALIDATION data (never test data: callers pass val arrays).
 
     Strategies (positive when ``score >= threshold``; candidates are the observed scores):
@@ -29,6 +30,15 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden") -> float
       constraint).
     * ``"specificity>=X"``: the LOWEST threshold whose specificity >= X (best sensitivity under the
       constraint).
+
+    ``finite_sample`` (default) makes the rate constraints hold for NEW images, in expectation, not only
+    on the sample: with n positives the threshold at the k-th lowest positive score misses a new,
+    exchangeable positive with probability k / (n + 1) (the split-conformal argument; Angelopoulos &
+    Bates 2021), so the constraint is TP / (n + 1) >= X instead of TP / n >= X (likewise TN / (n + 1)
+    for specificity). Without it, 62 positives and X = 0.95 allow 3 in-sample misses and an expected
+    0.937 on new positives. A sample too small for the guarantee (fewer than X / (1 - X) of the class)
+    warns and falls back to the in-sample rule. ``finite_sample=False`` is the in-sample (oracle) rule,
+    for reporting the best a threshold could have done on the data it is evaluated on.
 
     Ties between equally good thresholds go to the highest one (fewest positive calls). When the
     scores are probabilities the result lies in [0, 1]. With one class only in ``y_true`` the data
@@ -69,9 +79,11 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden") -> float
             t = float(thr[np.flatnonzero(j >= j.max() - eps)].max())
         elif kind == "sensitivity":
             # thresholds decrease and tpr increases: the first index meeting the target is the highest
-            t = float(thr[np.flatnonzero(tpr >= target - eps)[0]])
+            rate = _finite_rate(tpr, n_pos, target, strategy, finite_sample)
+            t = float(thr[np.flatnonzero(rate >= target - eps)[0]])
         else:  # specificity: the last index with fpr <= 1 - X is the lowest threshold
-            ok = np.flatnonzero(1.0 - fpr >= target - eps)
+            rate = _finite_rate(1.0 - fpr, len(y) - n_pos, target, strategy, finite_sample)
+            ok = np.flatnonzero(rate >= target - eps)
             if len(ok):
                 t = float(thr[ok[-1]])
             else:  # only "nothing positive" reaches it: just above the highest score
@@ -84,3 +96,18 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden") -> float
                         stacklevel=2,
                     )
     return float(np.clip(t, 0.0, 1.0)) if probability else t
+
+
+def _finite_rate(rate: np.ndarray, n: int, target: float, strategy: str, finite_sample: bool) -> np.ndarray:
+    """In-sample rates (count / n) -> count / (n + 1) when ``finite_sample`` and the sample allows it."""
+    if not finite_sample or target >= 1.0:  # X = 1: every positive of the sample; no finite guarantee exists
+        return rate
+    if n / (n + 1) < target - 1e-12:
+        warnings.warn(
+            f"choose_threshold({strategy!r}): {n} images of that class cannot support the target on new "
+            f"images (it needs at least {math.ceil(target / (1 - target) - 1e-9)}); using the in-sample rule.",
+            UndefinedMetricWarning,
+            stacklevel=3,
+        )
+        return rate
+    return rate * n / (n + 1)

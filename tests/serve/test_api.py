@@ -424,3 +424,40 @@ def test_one_upload_is_decoded_and_scored_once(tiny_run: Path, xray_bytes: bytes
         r = post_file(c, xray_bytes, "x.jpeg")
     assert r.status_code == 200 and r.json()["heatmap_target"] == "PNEUMONIA"
     assert decodes == [1] and forwards == [1]
+
+
+def test_model_card_reports_shortcut_audit_and_external_sets(tiny_run: Path, tmp_path: Path, cache_dir) -> None:
+    """A run evaluated with `--lungs` and on another folder: the card carries the audit's AUCs (with the
+    lungs blanked / only the lungs kept) and the external set's rates at the stored threshold."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from lungxray.evaluation.evaluate import evaluate_run
+    from lungxray.segmentation.model import (
+        DEFAULT_DECODER,
+        DEFAULT_ENCODER,
+        build_unet,
+        lung_card,
+        save_lung_model,
+    )
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint*", "figures", "eval"))
+    lungs = save_lung_model(tmp_path / "lungs", lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    test = evaluate_run(run, n_boot=20, progress=False, cache_dir=cache_dir, lungs=lungs).metrics
+    other = tmp_path / "other-site"  # an "external" folder: 8 normal, 8 pneumonia films of the test split
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (other / cls).mkdir(parents=True)
+        for f in sorted((CHEST_XRAY / "test" / cls).glob("*.jpeg"))[-8:]:
+            (other / cls / f.name).symlink_to(f)
+    ext = evaluate_run(run, data=other, n_boot=20, progress=False, cache_dir=cache_dir).metrics
+
+    card = TestClient(create_app(run), base_url=LOCAL).get("/api/model").json()
+    audit = card["shortcut_audit"]
+    occ = test["shortcut"]["occlusion"]
+    assert audit["auc_plain"]["value"] == pytest.approx(test["auc"]["value"])
+    assert audit["auc_lungs_blanked"]["value"] == pytest.approx(occ["lungs_blanked"]["auc"])
+    assert audit["auc_only_lungs"]["value"] == pytest.approx(occ["only_lungs"]["auc"])
+    assert 0.0 <= audit["cam_in_lungs"] <= 1.0
+    [e] = card["external"]
+    assert e["name"] == ext["eval_name"] and e["n"] == 16
+    assert e["specificity"]["value"] == pytest.approx(ext["specificity"]["value"])
+    assert isinstance(e["shift_fired"], bool)

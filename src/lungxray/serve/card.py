@@ -1,7 +1,8 @@
 """The model card served at ``GET /api/model``: what the model does, how well, and where it fails.
 
 Built from model.json (classes, threshold and how it was chosen, training counts) and, when the run
-was evaluated, ``RUN/eval/test/metrics.json`` (test metrics with bootstrap CIs). Server paths are
+was evaluated, ``RUN/eval/test/metrics.json`` (test metrics with bootstrap CIs, and the shortcut audit
+when ``evaluate --lungs`` ran) and every external evaluation (``evaluate --data OTHER``). Server paths are
 never exposed: the training data is named by its folder name only.
 """
 
@@ -41,6 +42,60 @@ def read_test_metrics(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def shortcut_summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The test evaluation's shortcut audit, reduced to what a reader of the card needs, or None.
+
+    ``cam_in_lungs``: share of the Grad-CAM mass inside the lung fields (``lung_area`` is their share of
+    the image); ``auc_*``: test AUC as is, with the lung fields blanked, and with only the lung fields
+    kept. A model that reads the lungs loses its AUC when they are blanked.
+    """
+    audit = (metrics or {}).get("shortcut")
+    if not isinstance(audit, dict) or "occlusion" not in audit:
+        return None
+    occ, cam = audit.get("occlusion", {}), audit.get("cam_mass", {})
+
+    def auc(key: str) -> dict[str, Any] | None:
+        r = occ.get(key)
+        if not isinstance(r, dict) or r.get("auc") is None:
+            return None
+        ci = r.get("ci") or [None, None]
+        return {"value": r["auc"], "ci_low": ci[0], "ci_high": ci[1]}
+
+    return {
+        "n": audit.get("n"),
+        "method": audit.get("method"),
+        "lung_area": audit.get("lung_area"),
+        "cam_in_lungs": cam.get("lungs", {}).get("mass"),
+        "cam_bottom_band": cam.get("bottom", {}).get("mass"),
+        "auc_plain": auc("plain"),
+        "auc_lungs_blanked": auc("lungs_blanked"),
+        "auc_only_lungs": auc("only_lungs"),
+    }
+
+
+def external_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """Every ``RUN/eval/<name>/metrics.json`` written by ``lungxray evaluate RUN --data OTHER``, reduced
+    to its name, size, class counts, the binary rates at the stored threshold and the shift test."""
+    out = []
+    for path in sorted(Path(run_dir).glob("eval/*/metrics.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(doc, dict) or not doc.get("external"):
+            continue
+        shift = doc.get("shift") if isinstance(doc.get("shift"), dict) else {}
+        out.append({
+            "name": str(doc.get("eval_name") or path.parent.name),
+            "n": doc.get("n"),
+            "class_counts": doc.get("class_counts"),
+            **{k: doc.get(k) for k in ("auc", "sensitivity", "specificity", "accuracy")},
+            "shift_fired": shift.get("fired"),
+            "shift_p": shift.get("p_value"),
+        })  # fmt: skip
+    return out
 
 
 def _limitations(card: RunCard, training: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
@@ -106,6 +161,8 @@ def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
         else None,
         "training": training,
         "test_metrics": metrics,
+        "shortcut_audit": shortcut_summary(metrics),
+        "external": external_evaluations(run_dir),
         "intended_use": INTENDED_USE,
         "limitations": _limitations(run_card, training, metrics),
         "disclaimer": run_card.disclaimer or DISCLAIMER,

@@ -183,6 +183,34 @@
     } else {
       body.append(el("p", { class: "note" }, "No test-set evaluation is available for this model."));
     }
+    const audit = c.shortcut_audit;
+    if (audit) {
+      const list = el("ul", { class: "metrics" });
+      if (audit.cam_in_lungs !== null && audit.cam_in_lungs !== undefined) {
+        list.append(el("li", {}, `Heatmap mass inside the lung fields: ${fmt(100 * audit.cam_in_lungs, 0)}% ` +
+          `(the lungs cover ${fmt(100 * (audit.lung_area || 0), 0)}% of the image)`));
+      }
+      const aucs = [["auc_plain", "AUC as is"], ["auc_lungs_blanked", "AUC with the lung fields blanked"],
+        ["auc_only_lungs", "AUC with only the lung fields kept"]];
+      for (const [key, label] of aucs) {
+        const text = metricText(audit[key]);
+        if (text) list.append(el("li", {}, `${label}: ${text}`));
+      }
+      body.append(el("h3", {}, "Where the model looks (shortcut audit, test set)"), list,
+        el("p", { class: "note" }, "A model that reads the lungs loses its AUC when they are blanked and keeps it " +
+          "when only they are kept."));
+    }
+    const external = Array.isArray(c.external) ? c.external : [];
+    if (external.length) {
+      const list = el("ul", { class: "metrics" });
+      for (const e of external) {
+        const parts = [["sensitivity", "sensitivity"], ["specificity", "specificity"], ["auc", "AUC"]]
+          .map(([k, label]) => [label, metricText(e[k])]).filter(([, t]) => t).map(([label, t]) => `${label} ${t}`);
+        const shift = e.shift_fired ? "; differs from the training data (shift test)" : "";
+        list.append(el("li", {}, `${e.name} (n = ${e.n}): ${parts.join(", ") || "no binary rates"}${shift}`));
+      }
+      body.append(el("h3", {}, "Other data sets (external, at the same threshold)"), list);
+    }
     body.append(el("h3", {}, "Intended use"), el("p", {}, c.intended_use));
     const lim = el("ul", {});
     for (const item of c.limitations || []) lim.append(el("li", {}, item));

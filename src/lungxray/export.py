@@ -144,6 +144,7 @@ def export_onnx(
                     "thresholds": None if card.thresholds is None else list(card.thresholds),
                     "positive_class": card.positive_class,
                     "normalization": card.normalization,
+                    "tta": card.tta,  # test-time views inside the graph (models.tta); 0 = none
                 }
             ),
             "weights_sha1": file_sha1(loaded.path / "model.safetensors"),

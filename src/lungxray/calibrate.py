@@ -400,6 +400,9 @@ def calibrate_run(
         The new RunCard (as written).
     Raises:
         RunError: not a finished run, no splits.csv, ``out`` exists. DataError: no readable val image.
+
+    A k-fold ensemble (``training.folds`` on the card) is re-calibrated on RUN/oof.csv instead: the
+    out-of-fold probabilities its threshold was first chosen on (``oof_calibration``).
     """
     from lungxray.config import load_config
     from lungxray.data.cache import cache_images
@@ -409,12 +412,19 @@ def calibrate_run(
     loaded = load_run(src)
     card = loaded.card
     strategy = strategy or card.threshold_strategy
-    splits = src / "splits.csv"
-    if not splits.is_file():
-        raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
     target = Path(out) if out is not None else src
     if out is not None and target.exists():
         raise RunError(f"{target} already exists; calibrate_run writes a NEW run directory there.")
+    if card.training.folds:  # a k-fold ensemble: its val is the out-of-fold table, no images are read
+        fitted = Calibrated(oof_calibration(src, card, strategy, name))
+        new = card.with_calibration(fitted.calibration)
+        if out is not None:
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("checkpoint.pt", "eval"))
+        new.write(target)
+        return new
+    splits = src / "splits.csv"
+    if not splits.is_file():
+        raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
     cache_dir = load_config(src / "config.yaml").data.cache_dir if (src / "config.yaml").is_file() else None
     val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
     cached = cache_images(val.paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=progress)
@@ -432,6 +442,19 @@ def calibrate_run(
         shutil.copytree(src, target, ignore=shutil.ignore_patterns("checkpoint.pt", "eval"))
     new.write(target)
     return new
+
+
+def oof_calibration(run: Path, card: RunCard, strategy: str, name: str) -> Calibration:
+    """A k-fold ensemble's new operating point: ``strategy`` on RUN/oof.csv (split "oof")."""
+    from lungxray.oof import OOF_FILE, read_oof
+
+    path = Path(run) / OOF_FILE
+    if not path.is_file():
+        raise RunError(f"{run} is a k-fold ensemble without {OOF_FILE}: its out-of-fold rows are unknown.")
+    table = read_oof(path, card.classes, card.task)
+    threshold, thresholds = choose_thresholds(card.task, table["y"], table["prob"], strategy)
+    return Calibration(strategy=strategy, split="oof", threshold=threshold, thresholds=thresholds,
+                       n=len(table["y"]), name=name, created=_now())  # fmt: skip
 
 
 def _now() -> str:

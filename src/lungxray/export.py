@@ -118,6 +118,8 @@ def export_onnx(
             # recent torch flags the TorchScript exporter as deprecated; it is the one that needs no onnxscript
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
+                # TTA grids are constants of the fixed input size (models.tta): intended, not a trace bug
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
                 torch.onnx.export(
                     wrapper,
                     (example,),

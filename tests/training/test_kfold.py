@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_training import make_cfg, read_csv
 from safetensors.torch import load_file
 
 from conftest import xray_files
-from helpers_training import make_cfg, read_csv
 from lungxray.config import load_config
 from lungxray.data.splits import assign_folds
 from lungxray.evaluation.metrics import choose_threshold
 from lungxray.models.factory import create_model
-from lungxray.rundir import load_run
 from lungxray.runcard import RunCard
+from lungxray.rundir import load_run
 from lungxray.training import train
 from lungxray.training.kfold import FOLD_DONE, FOLDS_DIR
 
@@ -137,3 +137,15 @@ def test_resume_restarts_at_the_first_unfinished_fold(kfold_run: Path, tmp_path:
     assert (run / FOLDS_DIR / "fold-0" / FOLD_DONE).stat().st_mtime_ns == done0  # reused, not retrained
     assert (run / "oof.csv").read_text() == (kfold_run / "oof.csv").read_text()  # the same run, bit for bit
     assert RunCard.read(run).threshold == RunCard.read(kfold_run).threshold
+
+
+def test_calibrate_run_rechooses_an_ensembles_threshold_on_its_oof_table(kfold_run: Path, tmp_path: Path) -> None:
+    from lungxray.calibrate import calibrate_run
+
+    card = calibrate_run(kfold_run, strategy="sensitivity>=0.95", out=tmp_path / "s95")
+    oof = read_csv(kfold_run / "oof.csv")
+    y = np.array([r["label"] == card.classes[1] for r in oof], dtype=int)
+    p = np.array([float(r["prob"]) for r in oof])
+    assert card.calibration.split == "oof" and card.calibration.strategy == "sensitivity>=0.95"
+    assert card.threshold == choose_threshold(y, p, "sensitivity>=0.95")
+    assert len(card.calibrations) == 2 and RunCard.read(kfold_run).calibrations == card.calibrations[:1]

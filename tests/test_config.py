@@ -195,3 +195,14 @@ def test_recipe_loads_validates_and_names_a_known_model(path):
     assert cfg.data.size >= 32
     if spec.family == "reference" and path.stem == cfg.model.name:
         assert cfg.data.size == spec.default_size  # a reference recipe uses its paper's input side
+
+
+def test_ensemble_tta_and_mixup_fields_are_validated() -> None:
+    from lungxray.config import load_config
+    from lungxray.errors import ConfigError
+
+    cfg = load_config(None, {"train.folds": 5, "eval.tta": 3, "train.mixup": 0.4})
+    assert (cfg.train.folds, cfg.eval.tta, cfg.train.mixup) == (5, 3, 0.4)
+    for key, value in (("eval.tta", 8), ("train.mixup", -0.1), ("train.folds", -1)):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, {key: value})

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -161,6 +161,88 @@ def calibrate(
     return Calibrated(cal, ood.ood, arrays)
 
 
+def calibrate_oof(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    folds: np.ndarray,
+    oof_prob: np.ndarray,
+    *,
+    task: str,
+    strategy: str,
+    seed: int = 0,
+    device: torch.device | None = None,
+    in_chans: int = 1,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> Calibrated:
+    """The operating point of a k-fold ensemble, from its out-of-fold (OOF) predictions.
+
+    Args:
+        model: the ensemble (as it will predict: with its TTA wrapper, if any).
+        images / targets: as ``calibrate``; ``folds`` (N,) the fold of each row, -1 for test rows.
+        oof_prob: (N, K) each pooled row's probability from the member that did not train on it.
+    Returns:
+        Calibrated: Calibration(split "oof", threshold(s) by ``strategy`` on the pooled OOF rows,
+        ``temperature`` fitted on the OOF logits (reported, not applied, as a site calibration's), n);
+        OOD statistics of the ensemble's features: Gaussian on folds 0..K-2, threshold on the last
+        fold (every pooled image trained K-1 members; no image is unseen by the whole ensemble). The
+        shift test's reference scores are the last fold's OOF scores (held out, like a val split's).
+    """
+    from lungxray.site import to_logits
+
+    targets = np.asarray(targets)
+    pool = np.flatnonzero(folds >= 0)
+    last = int(folds.max())
+    y, prob = targets[pool], np.asarray(oof_prob, np.float64)[pool]
+    threshold, thresholds = choose_thresholds(task, y, prob, strategy)
+    logits = to_logits(prob[:, 0] if task == "binary" else prob, "multiclass" if task == "multiclass" else "binary")
+    try:
+        temperature = round(float(fit_temperature(logits, y, task)), 6)
+    except DataError:  # one class only: no temperature
+        temperature = 1.0
+    fitted = calibrate(
+        model, images, targets, task=task, val_rows=np.flatnonzero(folds == last), strategy=strategy,
+        train_rows=np.flatnonzero((folds >= 0) & (folds < last)), seed=seed, device=device,
+        in_chans=in_chans, amp=amp, channels_last=channels_last,
+    )  # fmt: skip
+    arrays = {**fitted.ood_arrays, "ref_score": set_scores(task, np.asarray(oof_prob)[folds == last])}
+    n_fit = min(int(((folds >= 0) & (folds < last)).sum()), OOD_FIT_MAX)
+    ood = replace(fitted.ood, fitted_on=f"{n_fit} images of folds 0-{last - 1}; threshold on fold {last}")
+    cal = Calibration(
+        strategy=strategy, split="oof", threshold=threshold, thresholds=thresholds, temperature=temperature,
+        n=len(pool), name="training", created=_now(),
+        notes=f"out-of-fold predictions of a {last + 1}-fold ensemble's members",
+    )  # fmt: skip
+    return Calibrated(cal, ood, arrays)
+
+
+def oof_metrics(
+    task: str, y: np.ndarray, prob: np.ndarray, patients: np.ndarray, *, n: int = 1000, ci: float = 0.95,
+    seed: int = 0,
+) -> dict:  # fmt: skip
+    """{"oof_auc", "oof_auc_ci" [low, high] (patient-grouped bootstrap), "oof_n", "oof_patients"} of
+    out-of-fold probabilities ``prob`` (N, K) and targets ``y``; the AUC as ``validation_scores``'s
+    (binary ROC AUC, else the macro mean over classes / labels)."""
+    from lungxray.evaluation.metrics import bootstrap_ci, validation_scores
+
+    def auc(yy: np.ndarray, pp: np.ndarray) -> float:
+        return float(validation_scores(task, yy, pp)["auc"])
+
+    import warnings
+
+    with warnings.catch_warnings():  # a resample holding one class has no AUC (skipped by bootstrap_ci)
+        warnings.simplefilter("ignore")
+        value = auc(y, prob)
+        low, high = bootstrap_ci(auc, y, prob, groups=patients, n=n, ci=ci, seed=seed) if n else (np.nan, np.nan)
+    return {
+        "oof_auc": round(value, 6),
+        "oof_auc_ci": [round(float(low), 6), round(float(high), 6)],
+        "oof_n": int(len(y)),
+        "oof_patients": int(len(set(np.asarray(patients).tolist()))),
+    }
+
+
 def set_scores(task: str, prob: np.ndarray) -> np.ndarray:
     """The per-image score of ``Prediction.score`` from model probabilities (N, K): binary P(positive),
     otherwise the largest class / label probability. The shift test's second column."""
@@ -249,14 +331,24 @@ def training_card(
     unreadable: int = 0,
     device: str = "cpu",
     parameters: int | None = None,
+    ensemble: dict | None = None,
 ) -> RunCard:
     """The RunCard of a freshly trained run: config, classes, preprocessing, OOD, training summary and
-    the validation calibration as its first entry. ``result`` is the loop's TrainResult."""
+    the validation calibration as its first entry. ``result`` is the loop's TrainResult.
+
+    ``ensemble`` (a k-fold run: {"k", "oof_auc", ...}) makes the architecture ``"ensemble"`` of K
+    ``model.name`` members and is stored as ``training.folds``; ``eval.tta`` >= 2 is stored as ``tta``.
+    """
     c = cfg
+    arch, kwargs = c.model.name, dict(c.model.kwargs)
+    best_val = {c.train.monitor: result.best_score}
+    if ensemble is not None:
+        arch, kwargs = "ensemble", {"member": arch, "member_kwargs": kwargs, "n": int(ensemble["k"])}
+        best_val = {"oof_auc": ensemble["oof_auc"]}  # no single best epoch: see folds.per_fold
     return RunCard(
         name=c.name,
-        architecture=c.model.name,
-        model_kwargs=dict(c.model.kwargs),
+        architecture=arch,
+        model_kwargs=kwargs,
         task=manifest.task,
         classes=tuple(manifest.classes),
         preprocessing=Preprocessing(
@@ -270,16 +362,18 @@ def training_card(
             counts={s: manifest.class_counts(s) for s in ("train", "val", "test")},
             unreadable=unreadable,
             epochs_run=result.epochs_run,
-            best_epoch=result.best_epoch,
-            best_val={c.train.monitor: result.best_score},
+            best_epoch=None if ensemble is not None else result.best_epoch,
+            best_val=best_val,
             seconds=round(result.seconds, 2),
             images_per_s=round(result.images_per_s, 1),
             device=device,
             parameters=parameters,
+            folds=ensemble,
         ),
         calibrations=(fitted.calibration,),
         population=c.data.population,
         created=_now(),
+        tta=int(c.eval.tta) if c.eval.tta > 1 else 0,
     )
 
 
@@ -306,6 +400,9 @@ def calibrate_run(
         The new RunCard (as written).
     Raises:
         RunError: not a finished run, no splits.csv, ``out`` exists. DataError: no readable val image.
+
+    A k-fold ensemble (``training.folds`` on the card) is re-calibrated on RUN/oof.csv instead: the
+    out-of-fold probabilities its threshold was first chosen on (``oof_calibration``).
     """
     from lungxray.config import load_config
     from lungxray.data.cache import cache_images
@@ -315,12 +412,19 @@ def calibrate_run(
     loaded = load_run(src)
     card = loaded.card
     strategy = strategy or card.threshold_strategy
-    splits = src / "splits.csv"
-    if not splits.is_file():
-        raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
     target = Path(out) if out is not None else src
     if out is not None and target.exists():
         raise RunError(f"{target} already exists; calibrate_run writes a NEW run directory there.")
+    if card.training.folds:  # a k-fold ensemble: its val is the out-of-fold table, no images are read
+        fitted = Calibrated(oof_calibration(src, card, strategy, name))
+        new = card.with_calibration(fitted.calibration)
+        if out is not None:
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("checkpoint.pt", "eval"))
+        new.write(target)
+        return new
+    splits = src / "splits.csv"
+    if not splits.is_file():
+        raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
     cache_dir = load_config(src / "config.yaml").data.cache_dir if (src / "config.yaml").is_file() else None
     val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
     cached = cache_images(val.paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=progress)
@@ -338,6 +442,19 @@ def calibrate_run(
         shutil.copytree(src, target, ignore=shutil.ignore_patterns("checkpoint.pt", "eval"))
     new.write(target)
     return new
+
+
+def oof_calibration(run: Path, card: RunCard, strategy: str, name: str) -> Calibration:
+    """A k-fold ensemble's new operating point: ``strategy`` on RUN/oof.csv (split "oof")."""
+    from lungxray.oof import OOF_FILE, read_oof
+
+    path = Path(run) / OOF_FILE
+    if not path.is_file():
+        raise RunError(f"{run} is a k-fold ensemble without {OOF_FILE}: its out-of-fold rows are unknown.")
+    table = read_oof(path, card.classes, card.task)
+    threshold, thresholds = choose_thresholds(card.task, table["y"], table["prob"], strategy)
+    return Calibration(strategy=strategy, split="oof", threshold=threshold, thresholds=thresholds,
+                       n=len(table["y"]), name=name, created=_now())  # fmt: skip
 
 
 def _now() -> str:

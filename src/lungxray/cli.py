@@ -122,6 +122,9 @@ def train(
     ] = None,
     track: Annotated[str | None, Opt(help="'mlflow' to log to a local MLflow store.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue an interrupted run in --out exactly.")] = False,
+    folds: Annotated[
+        int | None, Opt(help="K >= 2: a k-fold ensemble, threshold from out-of-fold predictions (train.folds).")
+    ] = None,
     set_: Annotated[
         list[str] | None, Opt("--set", help="Any config field: --set train.optimizer=sgd.")
     ] = None,
@@ -151,6 +154,7 @@ def train(
         "train.device": device,
         "data.max_images": max_images,
         "train.track": track,
+        "train.folds": folds,
         **_data_overrides(csv, None, label_col, None, binary_negative, task),
         **parse_overrides(set_ or []),
     }
@@ -162,9 +166,13 @@ def train(
 
         raise ConfigError("no data: give DATA (a folder) or data.path in the --config file.")
     result = run_train(cfg, resume=resume, progress=not quiet, console=console)
+    best = (
+        f"{cfg.train.folds}-fold ensemble (out-of-fold AUC {result.best_score:.4f})"
+        if cfg.train.folds >= 2
+        else f"best epoch {result.best_epoch} (val {cfg.train.monitor} {result.best_score:.4f})"
+    )
     console.print(
-        f"[green]run written to {escape(str(result.run_dir))}[/]  best epoch {result.best_epoch} "
-        f"(val {cfg.train.monitor} {result.best_score:.4f}), {result.seconds:.0f} s training, "
+        f"[green]run written to {escape(str(result.run_dir))}[/]  {best}, {result.seconds:.0f} s training, "
         f"{result.images_per_s:.0f} img/s"
     )
 

@@ -25,6 +25,7 @@ BALANCE = ("none", "weights", "sampler")
 TRANSFER = ("finetune", "freeze", "freeze-then-finetune")
 THRESHOLD_STRATEGIES = ("0.5", "youden", "max-f1", "sensitivity>=X", "specificity>=X")
 MONITORS = ("auc", "loss", "accuracy", "f1")
+MAX_TTA_VIEWS = 7  # len(lungxray.models.tta.VIEWS)
 
 
 @dataclass
@@ -118,6 +119,12 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     balance: str = "weights"  # none | weights (loss weights) | sampler (balanced sampling)
     label_smoothing: float = 0.0
+    # mixup (Zhang et al. 2018): Beta(alpha, alpha) mixing weight of a batch with its reverse; 0 = off
+    # (no extra random draws). Works with every task's loss and the class weights (docs/ensembles.md)
+    mixup: float = 0.0
+    # k-fold ensemble: >= 2 trains one member per patient-grouped fold of train+val and chooses the
+    # threshold on the pooled out-of-fold predictions (docs/ensembles.md); 0 / 1 = one model
+    folds: int = 0
     grad_clip: float | None = 5.0  # max global gradient norm
     ema: float | None = None  # EMA decay of weights, e.g. 0.999
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -140,6 +147,10 @@ class EvalConfig:
     threshold: str = "youden"  # 0.5 | youden | max-f1 | sensitivity>=0.95 | specificity>=0.9
     bootstrap: int = 1000
     ci: float = 0.95
+    # test-time augmentation: average the logits over the first N fixed views of
+    # lungxray.models.tta.VIEWS (identity, zoom, shifts; never a flip); 0 / 1 = off. Recorded in
+    # model.json, so calibration, predict, evaluate, serve and export all apply it
+    tta: int = 0
 
 
 @dataclass
@@ -182,6 +193,12 @@ class Config:
         ]:
             if int(value) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}.")
+        if not 0.0 <= self.train.mixup <= 10.0:
+            raise ConfigError(f"train.mixup (Beta alpha) must be in [0, 10], got {self.train.mixup}.")
+        if int(self.train.folds) < 0 or int(self.train.folds) > 20:
+            raise ConfigError(f"train.folds must be 0 (off) or 2..20, got {self.train.folds}.")
+        if not 0 <= int(self.eval.tta) <= MAX_TTA_VIEWS:
+            raise ConfigError(f"eval.tta must be 0 (off) or up to {MAX_TTA_VIEWS} views, got {self.eval.tta}.")
         if self.train.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.train.lr}.")
         return self

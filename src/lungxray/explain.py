@@ -92,7 +92,7 @@ def heatmaps_for_inputs(
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 
     from lungxray.inference import to_input
-    from lungxray.models.parts import cam_target_layer
+    from lungxray.models.parts import cam_target_layers
 
     check_option(method, METHODS, "heatmap method")
     for t in targets:
@@ -101,10 +101,11 @@ def heatmaps_for_inputs(
     if len(x) == 0:
         return np.zeros((0, predictor.input_size, predictor.input_size), np.float32)
     cam_cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
-    with predictor.hooked_model() as model:
-        target_layer = cam_target_layer(model, predictor.card.architecture, layer=layer)
+    with predictor.hooked_model() as hooked:
+        # an ensemble: every member's layer; TTA: the identity view (models.parts.cam_target_layers)
+        model, target_layers = cam_target_layers(hooked, predictor.card.architecture, layer=layer)
         inp = to_input(x, predictor.card.normalization, predictor.device, predictor.card.in_chans)
-        with torch.enable_grad(), cam_cls(model=model, target_layers=[target_layer]) as cam:
+        with torch.enable_grad(), cam_cls(model=model, target_layers=target_layers) as cam:
             maps = cam(input_tensor=inp, targets=[_cam_target(predictor, t) for t in targets])
     maps = np.nan_to_num(np.asarray(maps, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo = maps.reshape(len(maps), -1).min(axis=1)[:, None, None]

@@ -118,6 +118,8 @@ def export_onnx(
             # recent torch flags the TorchScript exporter as deprecated; it is the one that needs no onnxscript
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
+                # TTA grids are constants of the fixed input size (models.tta): intended, not a trace bug
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
                 torch.onnx.export(
                     wrapper,
                     (example,),
@@ -144,6 +146,7 @@ def export_onnx(
                     "thresholds": None if card.thresholds is None else list(card.thresholds),
                     "positive_class": card.positive_class,
                     "normalization": card.normalization,
+                    "tta": card.tta,  # test-time views inside the graph (models.tta); 0 = none
                 }
             ),
             "weights_sha1": file_sha1(loaded.path / "model.safetensors"),

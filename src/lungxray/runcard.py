@@ -12,7 +12,7 @@ Schema (``schema_version`` 2)::
     ood {method, dim, threshold, quantile, fitted_on} | null,
     training {data, csv, counts, unreadable, epochs_run, best_epoch, best_val, seconds, ...},
     calibrations [{name, created, split, strategy, threshold | thresholds, temperature, n, ...}, ...],
-    population, created, lungxray_version, disclaimer
+    population, created, lungxray_version, disclaimer, tta (only when >= 2: test-time views)
 
 The operating point in force is the LAST calibration entry: training appends the validation one, a
 later site calibration appends its own, and nothing is ever overwritten. Version-1 files (written
@@ -176,6 +176,8 @@ class TrainingSummary:
     images_per_s: float | None = None
     device: str | None = None
     parameters: int | None = None
+    # a k-fold ensemble (train.folds): k, oof_auc, oof_auc_ci, oof_n, temperature, per-fold rows
+    folds: dict[str, Any] | None = None
 
     @property
     def n_images(self) -> int:
@@ -210,6 +212,7 @@ class RunCard:
     created: str = ""
     lungxray_version: str = __version__
     disclaimer: str = DISCLAIMER
+    tta: int = 0  # test-time augmentation views (lungxray.models.tta); 0 / 1 = off
 
     def __post_init__(self) -> None:
         check_option(self.task, TASKS, "task")
@@ -395,6 +398,7 @@ def _card_to_dict(card: RunCard) -> dict[str, Any]:
         "created": card.created or _now(),
         "lungxray_version": card.lungxray_version,
         "disclaimer": card.disclaimer,
+        **({"tta": card.tta} if card.tta > 1 else {}),  # absent when off: older cards read the same
     }
 
 
@@ -428,6 +432,7 @@ def _card_from_dict(doc: dict[str, Any], source: str) -> RunCard:
             created=str(doc.get("created") or ""),
             lungxray_version=str(doc.get("lungxray_version") or "unknown"),
             disclaimer=str(doc.get("disclaimer") or DISCLAIMER),
+            tta=int(doc.get("tta") or 0),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(

@@ -44,7 +44,7 @@ class LoadedRun:
 
     path: Path
     card: RunCard
-    model: torch.nn.Module  # eval mode, on CPU
+    model: torch.nn.Module  # eval mode, on CPU; wrapped in models.tta.TTA when the card's tta >= 2
     ood: dict[str, np.ndarray]  # "mean" (D,), "precision" (D, D); empty when the run has none
 
     @property
@@ -80,6 +80,10 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise RunError(f"{weights} does not fit {card.architecture!r}: {str(exc)[:300]}") from None
+    if card.tta > 1:  # test-time augmentation, applied by every stage that loads the run
+        from lungxray.models.tta import with_tta
+
+        model = with_tta(model, card.tta)
     model.eval()
     return LoadedRun(path=path, card=card, model=model, ood=ood)
 

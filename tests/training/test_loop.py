@@ -426,3 +426,19 @@ def test_smoke_training_200_images_is_fast(tmp_path, cache_dir):
     seconds = time.perf_counter() - t0
     assert result.epochs_run == 2
     assert seconds < 60, f"200-image smoke training took {seconds:.0f} s"
+
+
+def test_mixup_off_draws_nothing_and_on_changes_the_batches(tmp_path, monkeypatch) -> None:
+    from lungxray.training import loop, losses
+
+    def refuse(*a, **k):
+        raise AssertionError("mixup_lambda called with train.mixup 0")
+
+    monkeypatch.setattr(loop, "mixup_lambda", refuse)
+    _, off = fit(make_cfg(tmp_path / "off", tmp_path / "cache"))
+    lams = []
+    monkeypatch.setattr(loop, "mixup_lambda", lambda a, g: lams.append(losses.mixup_lambda(a, g)) or lams[-1])
+    _, on = fit(make_cfg(tmp_path / "on", tmp_path / "cache", **{"train.mixup": 0.4}))
+    assert len(lams) >= 3 and len(set(lams)) == len(lams)  # one weight per batch
+    assert np.isfinite(on.history[0]["train_loss"])
+    assert on.history[0]["train_loss"] != off.history[0]["train_loss"]

@@ -73,3 +73,35 @@ def test_loss_label_smoothing_and_weights():
     mc_y = torch.tensor([0, 2])
     got = loss_fn("multiclass", mc_logits, mc_y.float(), None, 0.2)
     assert got.item() == pytest.approx(F.cross_entropy(mc_logits, mc_y, label_smoothing=0.2).item())
+
+
+def test_mixup_loss_is_the_loss_of_the_mixed_soft_target_with_class_weights():
+    from lungxray.training.losses import mix_batch, mixup_loss
+
+    logits = torch.tensor([[2.0], [-1.0], [0.5], [0.3]])
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    pw, lam = torch.tensor([3.0]), 0.7
+    got = mixup_loss("binary", logits, y, pw, 0.0, lam)
+    soft = lam * y + (1 - lam) * y.flip(0)
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0], soft, pos_weight=pw)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert mixup_loss("binary", logits, y, pw, 0.1, 1.0).item() == pytest.approx(
+        loss_fn("binary", logits, y, pw, 0.1).item(), rel=1e-6
+    )
+    x = torch.arange(8.0).reshape(4, 2)
+    assert torch.equal(mix_batch(x.clone(), 1.0), x)
+    assert torch.allclose(mix_batch(x.clone(), 0.25), 0.25 * x + 0.75 * x.flip(0))
+
+
+def test_mixup_lambda_is_one_draw_of_a_beta_from_the_generator():
+    from lungxray.training.losses import mixup_lambda
+
+    g = torch.Generator().manual_seed(0)
+    lams = np.array([mixup_lambda(0.4, g) for _ in range(2000)])
+    assert ((lams > 0) & (lams < 1)).all()
+    assert abs(lams.mean() - 0.5) < 0.03  # Beta(a, a) is symmetric
+    assert abs(lams.var() - 1 / (4 * (2 * 0.4 + 1))) < 0.01  # var of Beta(a, a) = 1 / (4 (2a + 1))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    mixup_lambda(0.4, g1)
+    torch.rand(1, generator=g2, dtype=torch.float64)
+    assert torch.equal(g1.get_state(), g2.get_state())  # exactly one draw

@@ -158,3 +158,46 @@ def patients_across_splits(m: Manifest) -> dict[str, list[str]]:
         if split:
             seen.setdefault(patient, set()).add(split)
     return {p: sorted(s) for p, s in sorted(seen.items()) if len(s) > 1}
+
+
+def assign_folds(m: Manifest, k: int, seed: int = 0) -> np.ndarray:
+    """Fold index (N,) int64 in 0..k-1 for every train and val row of ``m``; -1 for test / unassigned.
+
+    k patient-grouped, label-stratified folds of the pooled train + val rows (the test split never
+    takes part), carved per source so every source is in every fold: fold j takes about 1/(k - j) of
+    the rows still unassigned by the same greedy pass as ``assign_splits``; the last fold takes the
+    rest. Deterministic for a given ``seed``.
+
+    Raises:
+        DataError: fewer than k patients in a source, or a fold that would be empty.
+    """
+    if int(k) < 2:
+        raise ConfigError(f"k-fold needs k >= 2 folds, got {k}.")
+    splits = np.asarray(m.splits, dtype=object)
+    pool = np.flatnonzero((splits == "train") | (splits == "val"))
+    folds = np.full(len(m), -1, dtype=np.int64)
+    patients = np.asarray(m.patients, dtype=object)
+    names = np.asarray(m.source_names, dtype=object)
+    strata = _strata(m)
+    for s, name in enumerate(dict.fromkeys(names[pool].tolist())):
+        rows = pool[names[pool] == name]
+        if len(set(patients[rows].tolist())) < k:
+            raise DataError(
+                f"source {name!r}: {len(set(patients[rows].tolist()))} patients in train + val cannot "
+                f"make {k} patient-grouped folds; lower train.folds or add images."
+            )
+        for j in range(k - 1):
+            left = rows[folds[rows] == -1]
+            try:
+                take = _take_patients(left, round(len(left) / (k - j)), strata, patients, seed + 1000 * s + j, "fold")
+            except DataError:
+                take = left[:0]
+            folds[take] = j
+        folds[rows[folds[rows] == -1]] = k - 1
+        sizes = np.bincount(folds[rows], minlength=k)
+        if (sizes == 0).any():
+            raise DataError(
+                f"source {name!r}: {len(rows)} train + val images make an empty fold (sizes {sizes.tolist()}); "
+                "lower train.folds or add images."
+            )
+    return folds

@@ -15,7 +15,7 @@ from torch import nn
 from lungxray.errors import ModelError
 from lungxray.models.registry import registered
 
-__all__ = ["cam_target_layer", "embed", "freeze_backbone", "head_parameters", "head_prefix"]
+__all__ = ["cam_target_layer", "cam_target_layers", "embed", "freeze_backbone", "head_parameters", "head_prefix"]
 
 # Families whose Grad-CAM layer is not the last entry of timm's feature_info: the activated map that
 # forward_features returns (EfficientNet's head conv + BN-act), or blocks before a pooled 1x1 head.
@@ -110,3 +110,23 @@ def cam_target_layer(model: nn.Module, name: str | None = None, *, layer: str | 
             f"Grad-CAM is not supported for {name or type(model).__name__}: no convolutional layer found."
         )
     return convs[-1]
+
+
+def cam_target_layers(
+    model: nn.Module, name: str | None = None, *, layer: str | None = None
+) -> tuple[nn.Module, list[nn.Module]]:
+    """(the module Grad-CAM runs, its target layers) for any loaded model.
+
+    A test-time-augmentation wrapper is removed (a heatmap explains the image as given, the identity
+    view; the shifted views' maps would not align with it). An ensemble gives every member's CAM
+    layer (``layer`` is then a path inside a member); pytorch-grad-cam scales each layer's map to
+    [0, 1] and averages them. Any other model: ``[cam_target_layer(model, name, layer=layer)]``.
+    """
+    # duck-typed (models.tta.TTA.wrapped_model, models.ensemble.Ensemble.members): the model package
+    # imports this module, so it imports neither
+    while getattr(model, "wrapped_model", None) is not None:
+        model = model.wrapped_model
+    members = getattr(model, "members", None)
+    if isinstance(members, nn.ModuleList):
+        return model, [cam_target_layer(m, model.member_name, layer=layer) for m in members]
+    return model, [cam_target_layer(model, name, layer=layer)]

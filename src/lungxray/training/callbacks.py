@@ -220,16 +220,17 @@ class Calibrate(Callback):
 
     def on_fit_end(self, trainer, state):
         from lungxray.calibrate import calibrate, training_card
+        from lungxray.models.tta import unwrap_tta, with_tta
 
         c = trainer.cfg
-        model = best_model(trainer)
+        model = with_tta(best_model(trainer), c.eval.tta)  # calibrated as it will predict
         fitted = calibrate(
             model, trainer.data.images, trainer.m.targets, task=trainer.task, val_rows=trainer.val_idx,
             strategy=c.eval.threshold, train_rows=trainer.train_idx, seed=c.train.seed,
             device=trainer.device, in_chans=trainer.in_chans, amp=trainer.amp,
             channels_last=c.train.channels_last,
         )  # fmt: skip
-        save_weights(trainer.run_dir / "model.safetensors", model.state_dict(), fitted.ood_arrays)
+        save_weights(trainer.run_dir / "model.safetensors", unwrap_tta(model).state_dict(), fitted.ood_arrays)
         cal = fitted.calibration
         state.threshold = cal.threshold if cal.threshold is not None else _as_list(cal.thresholds)
         result = TrainResult.from_state(trainer.run_dir, state)

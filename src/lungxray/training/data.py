@@ -82,7 +82,8 @@ def prepare_data(
         images = take_rows(cached.images, keep)  # readable rows by index: no (N, S, S) copy
     else:
         images = cached.images
-    for split in ("train", "val"):
+    # a k-fold run (train.folds >= 2) pools train and val, so it needs no val split
+    for split in ("train",) if cfg.train.folds >= 2 else ("train", "val"):
         if len(m.split(split)) == 0:
             raise DataError(f"the {split} split of {d.path} is empty; add images or lower data.val_fraction.")
     stats = {

@@ -29,7 +29,7 @@ from lungxray.models.registry import model_spec
 from lungxray.training import distributed
 from lungxray.training.callbacks import Callback, OnEpoch, load_checkpoint, standard_callbacks
 from lungxray.training.data import PreparedData, epoch_order
-from lungxray.training.losses import class_weights, logit, loss_fn
+from lungxray.training.losses import class_weights, logit, loss_fn, mix_batch, mixup_lambda, mixup_loss
 from lungxray.training.optim import EMA, frozen_at, phase_optimizer
 from lungxray.training.state import TrainResult, TrainState
 
@@ -139,9 +139,15 @@ class Trainer:
             rows, scale = self.dist.batch_rows(rows) if self.dist else (rows, 1.0)
             x = self._batch(rows, g)
             y = self.targets[rows].to(self.device)
+            lam = mixup_lambda(c.mixup, g) if c.mixup else None  # off: no draw at all
+            if lam is not None:
+                x = mix_batch(x, lam)
             with autocast:
                 logits = self.ddp(x)
-            loss = loss_fn(self.task, logits, y, self.weight, c.label_smoothing)
+            if lam is None:
+                loss = loss_fn(self.task, logits, y, self.weight, c.label_smoothing)
+            else:
+                loss = mixup_loss(self.task, logits, y, self.weight, c.label_smoothing, lam)
             raw, loss = loss.item(), (loss * scale if scale != 1.0 else loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -40,6 +40,38 @@ def loss_fn(
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
+def mixup_lambda(alpha: float, g: torch.Generator) -> float:
+    """A mixing weight drawn from Beta(``alpha``, ``alpha``): ONE uniform draw from ``g`` through the
+    inverse Beta CDF (so the trainer's generator, checkpointed for --resume, is the only RNG used)."""
+    from scipy.special import betaincinv
+
+    u = float(torch.rand(1, generator=g, dtype=torch.float64).item())
+    return float(betaincinv(alpha, alpha, u))
+
+
+def mix_batch(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Mixup of a batch (N, ...) with its reverse: ``lam * x + (1 - lam) * x.flip(0)``.
+
+    The batch order is already a random permutation, so the reverse pairs images at random (timm's
+    ``Mixup`` does the same); mixing normalised inputs equals normalising mixed ones (affine).
+    """
+    return x.mul(lam).add_(x.flip(0), alpha=1.0 - lam)
+
+
+def mixup_loss(
+    task: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, smoothing: float,
+    lam: float,
+) -> torch.Tensor:  # fmt: skip
+    """Loss of a ``mix_batch`` batch: ``lam * loss(target) + (1 - lam) * loss(target reversed)``.
+
+    Cross-entropy and BCE are linear in the target, so this is the loss of the mixed (soft) target,
+    with the class weights (``pos_weight``), label smoothing and multilabel NaN masks applied as usual.
+    """
+    return lam * loss_fn(task, logits, target, weight, smoothing) + (1.0 - lam) * loss_fn(
+        task, logits, target.flip(0), weight, smoothing
+    )
+
+
 def logit(prob: np.ndarray, task: str) -> np.ndarray:
     """Invert the output activation (for a validation loss from stored probabilities)."""
     p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)

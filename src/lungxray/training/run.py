@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,6 +13,7 @@ from lungxray.errors import RunError
 from lungxray.io import run_lock
 from lungxray.training.data import prepare_data
 from lungxray.training.distributed import is_main_process
+from lungxray.training.kfold import pool_train_val, train_kfold
 from lungxray.training.loop import Trainer
 from lungxray.training.resume import check_resumed, record_data, resume_manifest
 from lungxray.training.state import TrainResult
@@ -24,7 +26,8 @@ def train(
 
     ``resume`` continues ``cfg.run_dir`` from its checkpoint.pt (with the run's own config.yaml and
     splits.csv, refused when a listed file is missing or changed: ``lungxray.training.resume``).
-    The run directory is locked for the whole call (RunError if another process holds it). Raises
+    ``train.folds`` >= 2 trains a k-fold ensemble instead (``lungxray.training.kfold``; its
+    ``--resume`` restarts at the first unfinished fold). The run directory is locked for the whole call (RunError if another process holds it). Raises
     RunError when ``cfg.run_dir`` already holds a finished run and ``resume`` is off.
     """
     console = console or Console(quiet=not progress)
@@ -39,10 +42,14 @@ def train(
             cfg = load_config(cfg.run_dir / "config.yaml", {"out": str(cfg.run_dir)})
         elif (cfg.run_dir / "model.json").exists() and not resume:
             raise RunError(f"{cfg.run_dir} already holds a finished run; choose another --out or delete it.")
-        if resume and not (cfg.run_dir / "checkpoint.pt").is_file():
-            raise RunError(f"cannot resume: {cfg.run_dir / 'checkpoint.pt'} does not exist.")
+        kfold = cfg.train.folds >= 2
+        started = cfg.run_dir / ("splits.csv" if kfold else "checkpoint.pt")
+        if resume and not started.is_file():
+            raise RunError(f"cannot resume: {started} does not exist.")
         manifest = resume_manifest(cfg.run_dir) if resume else None
         data = prepare_data(cfg, progress=progress, console=console, manifest=manifest)
+        if kfold:  # train + val pooled: the folds are cut from them (training.kfold)
+            data = replace(data, manifest=pool_train_val(data.manifest))
         if resume:
             check_resumed(cfg.run_dir, data.manifest, data.sha1s)
         elif is_main_process():
@@ -52,4 +59,6 @@ def train(
             f"data: {len(m)} images, task {m.task}, classes {escape(str(list(m.classes)))}; "
             + ", ".join(f"{s} {len(m.split(s))}" for s in ("train", "val", "test"))
         )
+        if kfold:
+            return train_kfold(cfg, data, resume=resume, progress=progress, console=console)
         return Trainer(cfg, data, console=console, progress=progress).fit(resume=resume)

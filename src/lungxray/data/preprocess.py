@@ -24,8 +24,11 @@ MAX_LUNG_AREA = 0.90  # ... and so is one covering nearly all of it
 CLAHE_TILES = 8  # tiles per side
 CLAHE_CLIP = 2.0  # histogram clip, in multiples of the uniform bin count (OpenCV's clipLimit)
 PERCENTILES = (1.0, 99.0)  # percentile window: these map to 0 and 1
-MARKER_LEVEL = 0.8  # marker pixels are at least this bright (and at least the 99.5th percentile)
-MARKER_MAX_AREA = 0.01  # a bright component larger than this share of the image is anatomy, not text
+MARKER_LEVEL = 0.5  # marker pixels are at least this bright ...
+MARKER_CONTRAST = 0.25  # ... and this much brighter than their local background (white top-hat)
+MARKER_SIDE = 0.06  # the top-hat's square, as a fraction of the longer side (wider than a letter)
+MARKER_MAX_AREA = 0.02  # a bright component larger than this share of the image is anatomy, not text
+MARKER_RING_BRIGHT = 0.25  # ... and so is one whose surrounding ring is more than this share bright
 
 
 def _check_size(size: int) -> int:
@@ -229,47 +232,46 @@ def dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ markers
 def suppress_markers(img: np.ndarray, protect: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Burned-in text and side markers ("L", "R", hospital labels) -> background. (H, W) float [0, 1].
+    """Burned-in text and side markers ("L", "R", hospital labels) -> local background. (H, W) float [0, 1].
 
-    Candidates are pixels at least ``MARKER_LEVEL`` bright and at or above the image's 99.5th
-    percentile, joined into 8-connected components after a closing (radius 0.5% of the longer side,
-    to merge the strokes of a word). A component is a marker when it covers at most ``MARKER_MAX_AREA``
-    of the image and does not touch ``protect`` (the dilated lung fields, (H, W) bool, when known).
-    Its pixels (grown by the same radius, to take the antialiased edge) are replaced by the median of
-    a ring around it (the local background). Returns (new image, number of markers removed).
+    A marker is small, bright and much brighter than what surrounds it: candidates are pixels whose
+    white top-hat (the image minus its grey opening by a square of ``MARKER_SIDE`` x the longer side)
+    is at least ``MARKER_CONTRAST`` and whose value is at least ``MARKER_LEVEL``, joined into
+    8-connected components after a closing (to merge the strokes of a letter or word). A component
+    is a marker when it covers at most ``MARKER_MAX_AREA`` of the image and does not touch ``protect``
+    (the dilated lung fields, (H, W) bool, when known), and its surrounding ring is mostly darker than
+    ``MARKER_LEVEL`` (a bright ring means the tip of a bone or of the body, not a label). Bones are
+    wider than the opening (no top-hat) or less contrasted. Its pixels, grown by one closing radius (the antialiased edge), are replaced by
+    the grey opening (the local background). Returns (new image, number of markers removed).
     """
     from scipy import ndimage
 
     x = _as_image(img)
     h, w = x.shape
-    step = max(1, int(np.sqrt(h * w / 250_000)))  # percentile of a subsample: same answer, faster
-    level = max(MARKER_LEVEL, float(np.percentile(x[::step, ::step], 99.5)))
-    bright = x >= level
+    side = max(3, round(MARKER_SIDE * max(h, w)) | 1)
+    background = ndimage.grey_opening(x, size=(side, side))
+    bright = (x - background >= MARKER_CONTRAST) & (x >= MARKER_LEVEL)
     if not bright.any():
         return x, 0
     r = max(1, round(0.005 * max(h, w)))
     se = np.ones((2 * r + 1, 2 * r + 1), bool)
     joined = ndimage.binary_closing(bright, structure=se) | bright
-    lab, n = ndimage.label(joined, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return x, 0
+    lab, _ = ndimage.label(joined, structure=np.ones((3, 3), bool))
     out, removed = x.copy(), 0
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue
-        comp = lab[sl] == i
-        if comp.sum() > MARKER_MAX_AREA * h * w:
-            continue
-        # a window around the component, wide enough for the ring
-        pad = 4 * r
-        y0, y1 = max(0, sl[0].start - pad), min(h, sl[0].stop + pad)
-        x0, x1 = max(0, sl[1].start - pad), min(w, sl[1].stop + pad)
+        y0, y1 = max(0, sl[0].start - 4 * r), min(h, sl[0].stop + 4 * r)
+        x0, x1 = max(0, sl[1].start - 4 * r), min(w, sl[1].stop + 4 * r)
         here = lab[y0:y1, x0:x1] == i
+        if here.sum() > MARKER_MAX_AREA * h * w:
+            continue
         if protect is not None and (protect[y0:y1, x0:x1] & here).any():
             continue
-        inner = ndimage.binary_dilation(here, structure=se)
-        ring = ndimage.binary_dilation(inner, structure=se, iterations=2) & ~inner & ~joined[y0:y1, x0:x1]
-        fill = float(np.median(x[y0:y1, x0:x1][ring])) if ring.any() else float(np.median(x))
-        out[y0:y1, x0:x1][inner] = fill
+        grown = ndimage.binary_dilation(here, structure=se)
+        ring = ndimage.binary_dilation(grown, structure=se, iterations=2) & ~grown
+        if ring.any() and (x[y0:y1, x0:x1][ring] >= MARKER_LEVEL).mean() > MARKER_RING_BRIGHT:
+            continue  # the tip of a larger bright structure (a bone end, the body's edge), not a label
+        out[y0:y1, x0:x1][grown] = background[y0:y1, x0:x1][grown]
         removed += 1
     return out, removed

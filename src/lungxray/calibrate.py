@@ -36,9 +36,10 @@ from lungxray.config import Config
 from lungxray.data.manifest import Manifest
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import choose_threshold
+from lungxray.focus import preprocessing_from_config
 from lungxray.inference import DEFAULT_NORMALIZATION, predict_batches
 from lungxray.ood import fit_gaussian, fit_threshold, mahalanobis
-from lungxray.runcard import Calibration, OODSpec, Preprocessing, RunCard, TrainingSummary
+from lungxray.runcard import Calibration, OODSpec, RunCard, TrainingSummary
 
 OOD_FIT_MAX = 5000  # training images whose features fit the OOD Gaussian (a seeded sample beyond that)
 
@@ -254,10 +255,11 @@ def predict_images(loaded, paths, *, cache_dir=None, progress: bool = False):
     """(kept row indices, probabilities (N, K), OOD distances (N,) or None) of image ``paths`` through a
     loaded run at its own preprocessing (read through the image cache; unreadable images dropped)."""
     from lungxray.data.cache import cache_images
+    from lungxray.focus import Preprocessor
 
     card = loaded.card
     cached = cache_images(list(paths), card.input_size, resize=card.resize, cache_dir=cache_dir,
-                          progress=progress)  # fmt: skip
+                          progress=progress, preprocessor=Preprocessor.for_run(card, loaded.path))  # fmt: skip
     keep = np.flatnonzero(cached.ok)
     if len(keep) == 0:
         raise DataError(f"none of the {len(paths)} images could be read.")
@@ -351,10 +353,9 @@ def training_card(
         model_kwargs=kwargs,
         task=manifest.task,
         classes=tuple(manifest.classes),
-        preprocessing=Preprocessing(
-            input_size=c.data.size, resize=c.data.resize, in_chans=in_chans,
-            mean=DEFAULT_NORMALIZATION["mean"], std=DEFAULT_NORMALIZATION["std"],
-        ),  # fmt: skip
+        preprocessing=preprocessing_from_config(
+            c.data, in_chans=in_chans, mean=DEFAULT_NORMALIZATION["mean"], std=DEFAULT_NORMALIZATION["std"]
+        ),
         ood=fitted.ood,
         training=TrainingSummary(
             data=str(c.data.path),
@@ -406,6 +407,7 @@ def calibrate_run(
     """
     from lungxray.config import load_config
     from lungxray.data.cache import cache_images
+    from lungxray.focus import Preprocessor
     from lungxray.rundir import load_run
 
     src = Path(run)
@@ -427,7 +429,8 @@ def calibrate_run(
         raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
     cache_dir = load_config(src / "config.yaml").data.cache_dir if (src / "config.yaml").is_file() else None
     val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
-    cached = cache_images(val.paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=progress)
+    cached = cache_images(val.paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=progress,
+                          preprocessor=Preprocessor.for_run(card, src))  # fmt: skip
     keep = np.flatnonzero(cached.ok)
     if len(keep) == 0:
         raise DataError(f"none of the {len(val)} val images of {src} could be read; did the data move?")

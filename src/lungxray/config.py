@@ -17,6 +17,8 @@ import yaml
 from lungxray.errors import ConfigError, check_option
 
 RESIZE_MODES = ("stretch", "pad")  # how an image becomes square: see data.preprocess.to_model_input
+WINDOWS = ("none", "clahe", "percentile")  # intensity standardisation: see data.preprocess.apply_window
+CROPS = ("none", "lungs")  # "lungs": crop to the lung fields' box (needs data.lungs); see lungxray.focus
 
 TASKS = ("binary", "multiclass", "multilabel")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -77,6 +79,13 @@ class DataConfig:
     population: str | None = None
     # several sources (folders / CSVs, each with its label mapping); empty = the single path/csv above
     sources: list[SourceConfig] = field(default_factory=list)
+    # lung-focused preprocessing (lungxray.focus, docs/lungs.md); each switch on its own, all off by default
+    window: str = "none"  # none | clahe | percentile (clip to the 1st..99th percentile, rescale)
+    lungs: str | None = None  # a lung-field run (`lungxray train-lungs`): needed by crop / mask_outside
+    crop: str = "none"  # none | lungs (crop to the lung fields' bounding box)
+    crop_margin: float = 0.1  # fraction of the box's side added on every side
+    mask_outside: bool = False  # blank (0) everything outside the dilated lung fields
+    suppress_markers: bool = False  # replace small bright text / side markers by the local background
 
 
 @dataclass
@@ -170,6 +179,16 @@ class Config:
         if self.data.task is not None:
             check_option(self.data.task, TASKS, "data.task")
         check_option(self.data.resize, RESIZE_MODES, "data.resize")
+        check_option(self.data.window, WINDOWS, "data.window")
+        check_option(self.data.crop, CROPS, "data.crop")
+        if not 0.0 <= self.data.crop_margin <= 0.5:
+            raise ConfigError(f"data.crop_margin must be in [0, 0.5], got {self.data.crop_margin}.")
+        if (self.data.crop != "none" or self.data.mask_outside) and not self.data.lungs:
+            raise ConfigError(
+                "data.crop=lungs and data.mask_outside need data.lungs: a lung-field run directory. "
+                "Train one with `lungxray train-lungs DATA/lung_masks --out runs/lungs`, then "
+                "`--set data.lungs=runs/lungs`."
+            )
         check_option(self.train.optimizer, OPTIMIZERS, "train.optimizer")
         check_option(self.train.schedule, SCHEDULES, "train.schedule")
         check_option(self.train.balance, BALANCE, "train.balance")

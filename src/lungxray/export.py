@@ -4,8 +4,10 @@ The exported graph takes the model-ready images, ``image``: uint8 (N, S, S) (wha
 and ``Predictor.preprocess`` produce), and includes the run's normalisation and output activation, so
 it returns ``probabilities`` (N, K) float32 (K = 1 for binary: P(positive)) and the penultimate
 ``features`` (N, D) used for the OOD score. The batch axis is dynamic. model.json's essentials
-(classes, task, thresholds, input size, resize) are stored as ONNX metadata, with the sha1 of
-model.safetensors so a stale export is detected.
+(classes, task, thresholds, input size, resize, the full preprocessing) are stored as ONNX
+metadata, with the sha1 of model.safetensors so a stale export is detected. A lung-focused run's
+crop / mask / window happen BEFORE the graph (``focus.Preprocessor``, applied by lungxray's ONNX
+backend too); consumers outside lungxray must apply them (docs/lungs.md).
 
 Example::
 
@@ -53,12 +55,12 @@ class _Exportable(nn.Module):
         return prob, emb.flatten(1)
 
 
-def _real_inputs(run: Path, size: int, resize: str, n: int = 8) -> np.ndarray:
-    """Up to ``n`` model-ready images from the run's test (else any) split; (0, S, S) if none is readable."""
+def _real_inputs(run: Path, pre: Any, n: int = 8) -> np.ndarray:
+    """Up to ``n`` model-ready images from the run's test (else any) split, through the run's pipeline
+    ``pre`` (``focus.Preprocessor``); (0, S, S) if none is readable."""
     import csv
 
     from lungxray.data.imageio import read_image
-    from lungxray.data.preprocess import to_model_input
     from lungxray.errors import ImageReadError
 
     splits = run / "splits.csv"
@@ -70,12 +72,12 @@ def _real_inputs(run: Path, size: int, resize: str, n: int = 8) -> np.ndarray:
     out = []
     for row in rows:
         try:
-            out.append(to_model_input(read_image(row["path"]), size, resize))
+            out.append(pre(read_image(row["path"])))
         except (ImageReadError, KeyError):
             continue
         if len(out) == n:
             break
-    return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
+    return np.stack(out) if out else np.zeros((0, pre.size, pre.size), np.uint8)
 
 
 def export_onnx(
@@ -147,6 +149,8 @@ def export_onnx(
                     "positive_class": card.positive_class,
                     "normalization": card.normalization,
                     "tta": card.tta,  # test-time views inside the graph (models.tta); 0 = none
+                    # the lung-focused options the INPUT must already have (docs/lungs.md)
+                    "preprocessing": card.preprocessing.to_dict(),
                 }
             ),
             "weights_sha1": file_sha1(loaded.path / "model.safetensors"),
@@ -160,7 +164,9 @@ def export_onnx(
 
     rng = np.random.default_rng(seed)
     random_x = rng.integers(0, 256, size=(4, size, size), dtype=np.uint8)
-    real_x = _real_inputs(loaded.path, size, card.resize)
+    from lungxray.focus import Preprocessor
+
+    real_x = _real_inputs(loaded.path, Preprocessor.for_run(card, loaded.path))
     x = np.concatenate([random_x, real_x])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     p_onnx, f_onnx = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: x})

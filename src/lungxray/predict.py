@@ -1,7 +1,8 @@
 """The prediction pass: inputs (files, arrays, uploaded bytes) -> ``Record``s, each decoded ONCE.
 
-``predict_records`` decodes each input with ``data.imageio`` (the reader of training), resizes it with
-``data.preprocess.to_model_input`` (the function that fills the training cache), runs one batched
+``predict_records`` decodes each input with ``data.imageio`` (the reader of training), preprocesses it
+with the run's ``focus.Preprocessor`` (what fills the training cache: ``data.preprocess.to_model_input``
+unless lung-focused options are on), runs one batched
 forward pass per ``batch_size`` inputs on the run's backend (``inference.TorchBackend`` or
 ``inference.OnnxBackend``, chosen once at load) and yields, in input order, one ``Record`` per input:
 the decoded image, the model input ``x``, the probabilities, the out-of-distribution score and the
@@ -271,10 +272,13 @@ class Predictor:
     expand_inputs = staticmethod(expand_inputs)
 
     def __init__(self, loaded: Any, *, backend: str = "torch", device: str = "cpu"):
+        from lungxray.focus import Preprocessor
         from lungxray.inference import load_backend, resolve_device
 
         self.run_dir = Path(loaded.path)
         self.card = loaded.card
+        # the run's image pipeline (lung-focused options, its lung model from RUN/lungs/): RunError if missing
+        self.preprocessor = Preprocessor.for_run(self.card, self.run_dir)
         self.model = loaded.model
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
@@ -329,10 +333,9 @@ class Predictor:
         return self._ood_mean is not None and self._ood_precision is not None
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float [0, 1] -> the model-ready (S, S) uint8, exactly as the training cache holds it."""
-        from lungxray.data.preprocess import to_model_input
-
-        return to_model_input(image, self.input_size, self.resize)
+        """(H, W) float [0, 1] -> the model-ready (S, S) uint8, exactly as the training cache holds it
+        (the run's ``focus.Preprocessor``: plain ``to_model_input`` unless lung-focused options are on)."""
+        return self.preprocessor(image)
 
     def preprocess_path(self, path: str | os.PathLike) -> np.ndarray:
         """Read one file and preprocess it: (S, S) uint8. Raises ImageReadError."""

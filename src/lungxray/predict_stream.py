@@ -57,9 +57,11 @@ class StreamStats:
 
 def decoded_stream(
     paths: Sequence[str], size: int, resize: str, *, workers: int = 1, chunk: int = 32, prefetch: int = 4,
-    held: Callable[[int], None] | None = None,
+    held: Callable[[int], None] | None = None, preprocessor: Any = None,
 ) -> Iterator[tuple[str, Any, str | None, float]]:  # fmt: skip
     """Decoded files in input order; at most ``prefetch`` chunks of ``chunk`` files in flight.
+
+    ``preprocessor``: the run's ``lungxray.focus.Preprocessor`` when not the default (pickled to the workers).
 
     ``workers`` >= 1 processes decode (``0``: in this process, for tests and tiny inputs). ``held(n)``
     is told how many decoded inputs are in flight after each submit (for memory accounting).
@@ -71,21 +73,21 @@ def decoded_stream(
         for c in chunks:
             if held:
                 held(len(c))
-            yield from decode_paths(c, size, resize)
+            yield from decode_paths(c, size, resize, preprocessor)
         return
     # spawn: forking a process that runs torch threads and a progress-bar thread can deadlock the child
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         queue: deque[tuple[list[str], Future]] = deque()
         it = iter(chunks)
         for c in it:
-            queue.append((c, pool.submit(decode_paths, c, size, resize)))
+            queue.append((c, pool.submit(decode_paths, c, size, resize, preprocessor)))
             if len(queue) >= prefetch:
                 break
         while queue:
             c, fut = queue.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(decode_paths, nxt, size, resize)))
+                queue.append((nxt, pool.submit(decode_paths, nxt, size, resize, preprocessor)))
             if held:
                 held(len(c) + sum(len(q) for q, _ in queue))
             try:
@@ -107,8 +109,9 @@ def stream_records(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
     pending: list[Record] = []
     n_ok = 0
+    pre = None if predictor.preprocessor.is_default else predictor.preprocessor
     stream = decoded_stream(paths, predictor.input_size, predictor.resize, workers=workers,
-                            chunk=batch_size, prefetch=prefetch, held=held)  # fmt: skip
+                            chunk=batch_size, prefetch=prefetch, held=held, preprocessor=pre)  # fmt: skip
     for name, x, error, seconds in stream:
         rec = Record(name=name, prediction=Prediction(path=name, error=error), x=x, error=error)
         rec.seconds["decode"] = seconds

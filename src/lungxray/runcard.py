@@ -8,7 +8,8 @@ card (``card.decide(prob)``, ``card.explain_target(prob)``), so those rules exis
 Schema (``schema_version`` 2)::
 
     name, architecture, model_kwargs, task, classes,
-    preprocessing {input_size, resize, in_chans, normalization {mean, std}},
+    preprocessing {input_size, resize, in_chans, normalization {mean, std},
+                   window, crop, crop_margin, mask_outside, suppress_markers, lungs_sha1},
     ood {method, dim, threshold, quantile, fitted_on} | null,
     training {data, csv, counts, unreadable, epochs_run, best_epoch, best_val, seconds, ...},
     calibrations [{name, created, split, strategy, threshold | thresholds, temperature, n, ...}, ...],
@@ -54,7 +55,11 @@ class Preprocessing:
     """How a decoded (H, W) float image becomes the model's input; shared by every stage.
 
     ``input_size`` px square; ``resize`` "stretch" | "pad"; the uint8 image / 255 is standardised
-    with ``mean`` / ``std`` and repeated to ``in_chans`` channels.
+    with ``mean`` / ``std`` and repeated to ``in_chans`` channels. The lung-focused options
+    (``lungxray.focus``; absent from older model.json files = off): ``window`` "none" | "clahe" |
+    "percentile"; ``crop`` "none" | "lungs" with ``crop_margin``; ``mask_outside``; ``suppress_markers``;
+    ``lungs_sha1``: the sha1 of the lung model's weights, copied into ``RUN/lungs/`` (None when no
+    option uses the lung model).
     """
 
     input_size: int
@@ -62,29 +67,60 @@ class Preprocessing:
     in_chans: int = 1
     mean: float = 0.449
     std: float = 0.226
+    window: str = "none"
+    crop: str = "none"
+    crop_margin: float = 0.1
+    mask_outside: bool = False
+    suppress_markers: bool = False
+    lungs_sha1: str | None = None
 
     @property
     def normalization(self) -> dict[str, float]:
         return {"mean": self.mean, "std": self.std}
 
+    @property
+    def uses_lungs(self) -> bool:
+        """True when an option needs the lung-field model (crop, mask, or markers with known lungs)."""
+        return self.lungs_sha1 is not None
+
+    @property
+    def is_default(self) -> bool:
+        """True when the image pipeline is plain ``to_model_input`` (no lung-focused option on)."""
+        return not (self.window != "none" or self.crop != "none" or self.mask_outside or self.suppress_markers
+                    or self.uses_lungs)  # fmt: skip
+
+    def focus_dict(self) -> dict[str, Any]:
+        """The lung-focused options (what ``lungxray.focus`` applies after decoding)."""
+        return {k: getattr(self, k) for k in _FOCUS_KEYS}
+
+    def describe(self) -> str:
+        """One line for the model card and the report, e.g. "128 x 128 px, resize stretch, window clahe"."""
+        parts = [f"{self.input_size} x {self.input_size} px", f"resize {self.resize}"]
+        parts += ["text/markers suppressed"] * self.suppress_markers
+        parts += [f"cropped to the lung fields (margin {self.crop_margin:g})"] * (self.crop == "lungs")
+        parts += ["outside the lung fields blanked"] * self.mask_outside
+        parts += [f"intensity window {self.window}"] * (self.window != "none")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "resize": self.resize,
-            "in_chans": self.in_chans,
-            "normalization": self.normalization,
-        }
+        return {"input_size": self.input_size, "resize": self.resize, "in_chans": self.in_chans,
+                "normalization": self.normalization, **self.focus_dict()}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         norm = d.get("normalization") or {}
+        sha1 = d.get("lungs_sha1")
         return cls(
-            input_size=int(d["input_size"]),
-            resize=str(d.get("resize", "stretch")),
-            in_chans=int(d.get("in_chans", 1)),
-            mean=float(norm.get("mean", 0.449)),
-            std=float(norm.get("std", 0.226)),
-        )
+            input_size=int(d["input_size"]), resize=str(d.get("resize", "stretch")),
+            in_chans=int(d.get("in_chans", 1)), mean=float(norm.get("mean", 0.449)),
+            std=float(norm.get("std", 0.226)), window=str(d.get("window", "none")),
+            crop=str(d.get("crop", "none")), crop_margin=float(d.get("crop_margin", 0.1)),
+            mask_outside=bool(d.get("mask_outside", False)), suppress_markers=bool(d.get("suppress_markers", False)),
+            lungs_sha1=None if sha1 is None else str(sha1),
+        )  # fmt: skip
+
+
+_FOCUS_KEYS = ("window", "crop", "crop_margin", "mask_outside", "suppress_markers", "lungs_sha1")
 
 
 @dataclass(frozen=True)

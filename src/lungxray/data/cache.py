@@ -1,6 +1,7 @@
 """Decode and resize every image once into a uint8 memmap, keyed by content hash and preprocessing.
 
-Layout under ``cache_dir/v{CACHE_FORMAT}/{size}-{resize}/``:
+Layout under ``cache_dir/v{CACHE_FORMAT}/{size}-{resize}/`` (``{size}-{resize}-{key}/`` for a
+lung-focused pipeline, ``key`` = ``Preprocessor.cache_key``, so different pipelines never share rows):
 
 * ``shards/<id>.u8``: raw uint8 rows of ``size * size`` bytes, append-only (one file per flush);
 * ``shards/<id>.json``: the shard's index, rows in order: ``[sha1, {width, height, mode, format, phash}]``;
@@ -71,6 +72,11 @@ class CachedImages:
     store: str = field(default="", repr=False)
 
     @property
+    def lung_fallbacks(self) -> int:
+        """Files whose lung mask was implausible (lung-focused pipelines): preprocessed whole."""
+        return sum(1 for i in self.info if i and i.get("lungs") == "fallback")
+
+    @property
     def images_per_s(self) -> float:
         """Decode throughput of this call (files per second of decoding wall time; 0 if none)."""
         return self.decoded / self.decode_seconds if self.decode_seconds > 0 else 0.0
@@ -92,8 +98,11 @@ def _sha1_file(path: str) -> tuple[str | None, str | None]:
         return None, f"cannot read file: {e.strerror or e}"
 
 
-def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str) -> list[tuple]:
-    """Worker: decode (sha1, path) jobs -> [(sha1, row uint8 | None, info | None, reason | None)]."""
+def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str, preprocessor=None) -> list[tuple]:
+    """Worker: decode (sha1, path) jobs -> [(sha1, row uint8 | None, info | None, reason | None)].
+
+    ``preprocessor`` (a ``lungxray.focus.Preprocessor``, pickled to the worker) replaces
+    ``to_model_input``; its lung-mask outcome is kept in the row's info as ``lungs`` ("found" / "fallback")."""
     import imagehash
     from PIL import Image
 
@@ -103,7 +112,8 @@ def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str) -> list[t
     for sha1, path in jobs:
         try:
             img, meta = read_image_with_info(path)
-            row = to_model_input(img, size, resize)
+            focused = None if preprocessor is None else preprocessor.process(img)
+            row = to_model_input(img, size, resize) if focused is None else focused.image
             gray = Image.fromarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8))
             info = {
                 "width": int(meta.width),
@@ -111,6 +121,7 @@ def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str) -> list[t
                 "mode": str(meta.mode),
                 "format": str(meta.format),
                 "phash": str(imagehash.phash(gray)),
+                **({} if focused is None or focused.lungs is None else {"lungs": focused.lungs}),
             }
             out.append((sha1, row, info, None))
         except ImageReadError as e:
@@ -121,11 +132,11 @@ def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str) -> list[t
 
 
 class _Store:
-    """The on-disk cache of one (size, resize): shard index in memory, append and assemble."""
+    """The on-disk cache of one (size, resize[, pipeline key]): shard index in memory, append and assemble."""
 
-    def __init__(self, root: Path, size: int, resize: str):
+    def __init__(self, root: Path, size: int, resize: str, key: str | None = None):
         self.size, self.resize = size, resize
-        self.dir = root / _STORE_VERSION / f"{size}-{resize}"
+        self.dir = root / _STORE_VERSION / (f"{size}-{resize}" if key is None else f"{size}-{resize}-{key}")
         self.shards = self.dir / "shards"
         self.sets = self.dir / "sets"
         self.shards.mkdir(parents=True, exist_ok=True)
@@ -204,7 +215,9 @@ class _Store:
         return np.memmap(path, np.uint8, "r", shape=(n, s, s))
 
 
-def _decode_in_pool(chunks, size, resize, workers, progress, label, collect) -> list[list[tuple[str, str]]]:
+def _decode_in_pool(
+    chunks, size, resize, workers, progress, label, collect, preprocessor=None
+) -> list[list[tuple[str, str]]]:
     """Decode ``chunks`` in a fresh process pool; returns the chunks left unfinished by a dead worker.
 
     A worker that dies (killed for memory, a decoder crash) breaks the whole pool: every chunk not yet
@@ -215,7 +228,7 @@ def _decode_in_pool(chunks, size, resize, workers, progress, label, collect) -> 
         # submit before the progress bar starts its refresh thread: with the "fork" start
         # method the workers are forked on the first submit, and forking a process while
         # another of its threads holds a lock can deadlock the child
-        futures = {pool.submit(_decode_chunk, c, size, resize): c for c in chunks}
+        futures = {pool.submit(_decode_chunk, c, size, resize, preprocessor): c for c in chunks}
         with _progress(progress) as bar:
             task = bar.add_task(label, total=sum(len(c) for c in chunks))
             for fut in as_completed(futures):
@@ -249,6 +262,7 @@ def cache_images(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
+    preprocessor=None,
 ) -> CachedImages:
     """Decode + resize ``paths`` to (N, size, size) uint8, reusing every file already in the cache.
 
@@ -264,6 +278,8 @@ def cache_images(
         cache_dir: cache root (default ``default_cache_dir()``).
         workers: decoding processes; 1 decodes in this process.
         progress: show the (transient) progress bar.
+        preprocessor: a ``lungxray.focus.Preprocessor`` of this ``size`` / ``resize`` (lung-focused
+            options); None or a default one = ``to_model_input``. A non-default one has its own store.
 
     Example:
         >>> c = cache_images(manifest.paths, 224, cache_dir=tmp)   # doctest: +SKIP
@@ -277,7 +293,12 @@ def cache_images(
     paths = [os.fspath(p) for p in paths]
     n = len(paths)
     workers = max(1, int(workers or os.cpu_count() or 1))
-    store = _Store(Path(cache_dir) if cache_dir is not None else default_cache_dir(), size, resize)
+    if preprocessor is not None and preprocessor.is_default:
+        preprocessor = None
+    if preprocessor is not None and (preprocessor.size, preprocessor.resize) != (size, resize):
+        raise ValueError(f"the preprocessor is {preprocessor.size}px {preprocessor.resize}, not {size}px {resize}")
+    key = None if preprocessor is None else preprocessor.cache_key
+    store = _Store(Path(cache_dir) if cache_dir is not None else default_cache_dir(), size, resize, key)
 
     errors: dict[str, str] = {}
     # 1. content hashes (threads: hashlib and file reads release the GIL)
@@ -321,12 +342,12 @@ def cache_images(
                 with _progress(progress) as bar:
                     task = bar.add_task(label, total=len(todo))
                     for chunk in chunks:
-                        collect(_decode_chunk(chunk, size, resize), bar, task)
+                        collect(_decode_chunk(chunk, size, resize, preprocessor), bar, task)
             else:
                 for attempt in range(_POOL_ATTEMPTS):
                     if attempt == _POOL_ATTEMPTS - 1:  # last try: one file per task, so a file that
                         chunks = [[job] for c in chunks for job in c]  # kills its worker fails alone
-                    chunks = _decode_in_pool(chunks, size, resize, workers, progress, label, collect)
+                    chunks = _decode_in_pool(chunks, size, resize, workers, progress, label, collect, preprocessor)
                     if not chunks:
                         break
                 reason = "the decoding process died (out of memory or decoder crash)"

@@ -1,5 +1,6 @@
 """The decoding worker of streamed prediction, in a module that does not import torch: a spawned
-worker process that unpickles ``decode_paths`` imports only this, numpy, PIL and the readers."""
+worker process that unpickles ``decode_paths`` imports only this, numpy, PIL and the readers (and,
+for a lung-focused ``lungxray.focus.Preprocessor``, what it needs: torch and the lung model)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from typing import Any
 from lungxray.errors import ImageReadError
 
 
-def decode_paths(paths: Sequence[str], size: int, resize: str) -> list[tuple[str, Any, str | None, float]]:
-    """Worker: files -> [(path, model input (S, S) uint8 | None, error | None, seconds)]."""
+def decode_paths(
+    paths: Sequence[str], size: int, resize: str, preprocessor: Any = None
+) -> list[tuple[str, Any, str | None, float]]:
+    """Worker: files -> [(path, model input (S, S) uint8 | None, error | None, seconds)].
+
+    ``preprocessor``: the run's ``lungxray.focus.Preprocessor`` (None = ``to_model_input``)."""
     from lungxray.data import imageio
     from lungxray.data.preprocess import to_model_input
 
@@ -19,7 +24,9 @@ def decode_paths(paths: Sequence[str], size: int, resize: str) -> list[tuple[str
     for p in paths:
         t0 = time.perf_counter()
         try:
-            x, error = to_model_input(imageio.read_image(p), size, resize), None
+            img = imageio.read_image(p)
+            x = to_model_input(img, size, resize) if preprocessor is None else preprocessor(img)
+            error = None
         except ImageReadError as exc:
             x, error = None, exc.reason
         except Exception as exc:  # a decoder bug on one file becomes that file's row

@@ -36,13 +36,13 @@ from lungxray.config import Config, load_config
 from lungxray.data.cache import cache_images
 from lungxray.data.imageio import read_image
 from lungxray.data.manifest import SPLITS, Manifest
-from lungxray.data.preprocess import to_model_input
 from lungxray.data.readers import load_manifest
 from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, ImageReadError, RunError, check_option
 from lungxray.evaluation import plots
 from lungxray.evaluation.metrics import evaluate_predictions
 from lungxray.evaluation.report import build_report, headline_rows
+from lungxray.focus import Preprocessor
 from lungxray.inference import predict_batches, probabilities_to_scores, resolve_device
 from lungxray.io import atomic_path, atomic_write_text, csv_cell
 from lungxray.runcard import RunCard
@@ -221,10 +221,11 @@ def _error_rows(m: Manifest, prob: np.ndarray, pred: np.ndarray, card: RunCard) 
     return out[:GALLERY_SIZE]
 
 
-def _gallery_image(path: str, fallback: np.ndarray, resize: str) -> np.ndarray:
-    """The original file at GALLERY_SIDE px (sharper than the model input), else the cached input."""
+def _gallery_image(path: str, fallback: np.ndarray, pre: Any) -> np.ndarray:
+    """The original file at GALLERY_SIDE px (sharper than the model input) through the run's pipeline
+    ``pre`` (a ``focus.Preprocessor``: same crop / mask / window), else the cached input."""
     try:
-        return to_model_input(read_image(path), GALLERY_SIDE, resize)
+        return pre(read_image(path), GALLERY_SIDE)
     except (ImageReadError, OSError):
         return np.asarray(fallback)
 
@@ -264,7 +265,8 @@ def _write_figures(
         save(plots.learning_curves(history, best_epoch=best), "learning_curves.png")
     errors = _error_rows(m, prob, pred, card)
     if errors:
-        imgs = np.stack([_gallery_image(m.paths[i], images[i], card.resize) for i, _ in errors])
+        pre = Preprocessor.for_run(card, run_dir)
+        imgs = np.stack([_gallery_image(m.paths[i], images[i], pre) for i, _ in errors])
         titles = [f"{cap}\n{Path(m.paths[i]).name[:28]}" for i, cap in errors]
         fig = plots.error_gallery(imgs, titles, title_colors=["#b00020"] * len(errors))
         save(fig, "error_gallery.png")
@@ -323,6 +325,7 @@ def evaluate_run(
         resize=card.resize,
         cache_dir=cache_dir or cfg.data.cache_dir,
         progress=progress,
+        preprocessor=Preprocessor.for_run(card, run_dir),  # RunError when RUN/lungs/ is missing
     )
     unreadable = [{"path": p, "reason": r} for p, r in cached.errors.items()]
     if unreadable:

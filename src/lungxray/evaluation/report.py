@@ -273,6 +273,7 @@ def _model_section(card: RunCard, m: dict) -> str:
             "Input",
             f"{card.input_size} x {card.input_size} px, {card.in_chans} channel(s), resize: {card.resize}",
         ),  # fmt: skip
+        ("Preprocessing", card.preprocessing.describe()),
         ("Epochs run / best epoch kept", f"{_or_na(t.epochs_run)} / {_or_na(t.best_epoch)}"),
         ("Training time", _duration(t.seconds)),
         ("Training throughput", f"{_or_na(t.images_per_s)} images/s"),

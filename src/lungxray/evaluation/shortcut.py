@@ -323,13 +323,15 @@ def load_audit_set(
 
     from lungxray.data.imageio import read_image
     from lungxray.data.manifest import Manifest
-    from lungxray.data.preprocess import to_model_input
+    from lungxray.data.preprocess import crop_to_box, to_model_input
     from lungxray.data.readers import from_folders
     from lungxray.errors import DataError, ImageReadError
+    from lungxray.focus import Preprocessor
     from lungxray.runcard import RunCard
 
     card = RunCard.read(run_dir)
     size, resize = card.input_size, card.resize
+    pre = Preprocessor.for_run(card, run_dir)  # the run's pipeline; masks get the same crop
     root = None if data is None else os.fspath(data)
     mask_files: list[str] | None = None
     if root is not None and os.path.isfile(os.path.join(root, "index.csv")):
@@ -356,10 +358,12 @@ def load_audit_set(
     images, ys, kept, masks = [], [], [], []
     for i in keep:
         try:
-            images.append(to_model_input(read_image(paths[i]), size, resize))
+            focused = pre.process(read_image(paths[i]))
+            images.append(focused.image)
             if mask_files is not None:
                 with Image.open(mask_files[i]) as im:
-                    masks.append(to_model_input(np.asarray(im.convert("L"), np.float32) / 255, size, resize) >= 128)
+                    mask = crop_to_box(np.asarray(im.convert("L"), np.float32) / 255, focused.box)
+                    masks.append(to_model_input(mask, size, resize) >= 128)
         except (ImageReadError, OSError) as exc:
             print(f"skipped {paths[i]}: {exc}")
             continue

@@ -141,6 +141,8 @@ def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
         "classes": classes,
         "positive_class": run_card.positive_class,
         "input_size": run_card.input_size,
+        # the image pipeline in force (lung-focused options too): docs/lungs.md
+        "preprocessing": {**run_card.preprocessing.to_dict(), "summary": run_card.preprocessing.describe()},
         "threshold": run_card.threshold,
         "thresholds": run_card.threshold_map() if task == "multilabel" else None,
         "threshold_strategy": strategy,

@@ -191,7 +191,6 @@ class InferenceService:
 def _analyze(predictor: Any, data: bytes, name: str, heatmap: bool) -> dict[str, Any]:
     """One upload through the prediction pass (decoded once), then Grad-CAM on the same record."""
     from lungxray.data import imageio
-    from lungxray.data.preprocess import to_model_input
     from lungxray.errors import ImageReadError
     from lungxray.predict import Source, predict_records
 
@@ -206,10 +205,10 @@ def _analyze(predictor: Any, data: bytes, name: str, heatmap: bool) -> dict[str,
     out: dict[str, Any] = {"prediction": rec.prediction}
     if heatmap:
         t0 = time.perf_counter()
-        # The display image has the geometry of the model input (same resize rule), at a readable
-        # size, so the (S, S) heatmap lies exactly on it whatever the run's resize mode.
+        # The display image has the geometry of the model input (same pipeline: resize rule, lung
+        # crop / mask), at a readable size, so the (S, S) heatmap lies exactly on it.
         side = int(min(DISPLAY_MAX, max(predictor.input_size, *rec.image.shape)))
-        shown = to_model_input(rec.image, side, predictor.resize)
+        shown = predictor.preprocessor(rec.image, side)
         rec.image = None  # the display copy is all that is needed from here on
         out["image_png"] = _data_url(_png(shown))
         out.update(_heatmap_images(predictor, rec, shown))

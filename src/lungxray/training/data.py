@@ -68,7 +68,13 @@ def prepare_data(
             # subsample before splitting so val/test fractions stay as asked
             m = _subsample(m, d.max_images, cfg.train.seed)
         m = assign_splits(m, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
-    cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress)
+    from lungxray.focus import Preprocessor
+
+    pre = Preprocessor.from_config(d)  # the lung-focused options of data: (plain to_model_input when off)
+    cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress,
+                          preprocessor=pre)  # fmt: skip
+    if cached.lung_fallbacks and console:
+        console.print(f"[yellow]{cached.lung_fallbacks} image(s) without plausible lung fields: used whole.[/]")
     sha1s = tuple(i["sha1"] if i else "" for i in cached.info)
     if not cached.ok.all():
         _check_unreadable(m, cached.ok, cached.errors)
@@ -91,6 +97,7 @@ def prepare_data(
         "built": cached.built,
         "reused": cached.reused,
         "images_per_s": cached.images_per_s,
+        "lung_fallbacks": cached.lung_fallbacks,
     }
     return PreparedData(
         manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats, sha1s=sha1s

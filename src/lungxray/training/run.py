@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from lungxray.config import Config
 from lungxray.errors import RunError
+from lungxray.focus import Preprocessor, install_lungs
 from lungxray.io import run_lock
 from lungxray.training.data import prepare_data
 from lungxray.training.distributed import is_main_process
@@ -54,6 +55,8 @@ def train(
             check_resumed(cfg.run_dir, data.manifest, data.sha1s)
         elif is_main_process():
             record_data(cfg.run_dir, data.manifest, data.sha1s)
+        if is_main_process() and Preprocessor.from_config(cfg.data).prep.uses_lungs:
+            install_lungs(cfg.data.lungs, cfg.run_dir)  # RUN/lungs/: the run carries its lung model
         m = data.manifest
         console.print(
             f"data: {len(m)} images, task {m.task}, classes {escape(str(list(m.classes)))}; "

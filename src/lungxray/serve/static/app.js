@@ -158,6 +158,7 @@
       fact("Calibration in force", `${th}${k.strategy} on ${k.split}${k.created ? `, ${k.created}` : ""}`);
     }
     fact("Input", `${c.input_size} \u00d7 ${c.input_size} px grayscale`);
+    if (c.preprocessing && c.preprocessing.summary) fact("Preprocessing", c.preprocessing.summary);
     if (c.training) {
       const parts = Object.entries(c.training.counts || {}).map(
         ([split, counts]) => `${split}: ` + Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")

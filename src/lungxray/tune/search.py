@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from lungxray.config import MONITORS, Config, apply_overrides, load_config, to_dict
 from lungxray.data.rows import take_rows
@@ -130,7 +131,7 @@ def tune(
         study.sampler = optuna.samplers.TPESampler(seed=base.train.seed + len(study.trials))
         if done:
             console.print(
-                f"study {study_name!r}: {len(done)} trial(s) already finished; running {remaining} more"
+                f"study {escape(repr(study_name))}: {len(done)} trial(s) already finished; running {remaining} more"
             )
         prepared: dict[str, Any] = {}
         quiet = Console(quiet=True)
@@ -258,7 +259,7 @@ class _TrialProgress:
         params = "  ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         self.console.print(
-            f"trial {trial.number:>3} {trial.state.name.lower():<8} {value:<24} {best}  {seconds:.0f}s  {params}"
+            f"trial {trial.number:>3} {trial.state.name.lower():<8} {value:<24} {best}  {seconds:.0f}s  {escape(params)}"
         )
         self.bar.advance(self.task)
 
@@ -356,7 +357,7 @@ def _figures(study, folder: Path, n_complete: int, console: Console) -> list[Pat
             try:
                 ax = plot(study)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                console.print(f"[yellow]skipped {name}: {exc}[/]")
+                console.print(f"[yellow]skipped {name}: {escape(str(exc))}[/]")
                 continue
             fig = ax.figure if not isinstance(ax, np.ndarray) else ax.flat[0].figure
             made.append(save_figure(fig, folder / name))

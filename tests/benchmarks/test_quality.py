@@ -7,11 +7,12 @@ import importlib
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import DATA_ROOT, REPO, require_data
+from conftest import DATA_ROOT, REPO, make_random_run, require_data, xray_files
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 quality = importlib.import_module("quality")
@@ -64,8 +65,8 @@ def test_markdown_marks_capped_rows_errors_and_published_and_splices(tmp_path):
     rows = qt.aggregate([_result(0, 0.8), _result(1, 0.9), _result(0, 0.95, recipe="full", epochs=30)])
     err = [{"dataset": "nih_sample", "recipe": "cnn-2x2-stride", "seed": 0, "error": "ModelError: too small"}]
     block = qt.render_markdown(rows, err)
-    assert "| r † | 2 of 30 | 2 | 0.850 ± 0.071 [0.750, 0.950]" in block
-    assert "| full | 30 of 30 | 1 | 0.950 [0.900, 1.000]" in block
+    assert "| r † | 2 of 30 | 2 | 10 | 0.850 ± 0.071 [0.750, 0.950]" in block
+    assert "| full | 30 of 30 | 1 | 10 | 0.950 [0.900, 1.000]" in block
     assert "cnn-2x2-stride: could not run here: ModelError: too small" in block
     assert "0.989 | 0.916" in block and "not run here" in block  # DINO ViT-B/16 (published)
     assert "Not computed: no lungs" in block
@@ -160,3 +161,68 @@ def test_end_to_end_trains_reuses_and_renders(tmp_path):
     only = quality.main([*args, "--render-only"])
     assert only["runs"] == [] and len(only["rows"]) == 2 and (tmp_path / "q.json").is_file()
     assert qt.MARK_BEGIN in doc.read_text()
+
+
+def _random_run_with_splits(tmp_path, files: dict[str, list[tuple[Path, str]]]) -> Path:
+    """A random-weight 64 px run whose splits.csv lists ``files`` ({split: [(path, label)]})."""
+    run = make_random_run(tmp_path / "cls", size=64)
+    lines = ["path,patient,split,label"]
+    lines += [f"{p},{p.stem},{split},{label}" for split, rows in files.items() for p, label in rows]
+    (run / "splits.csv").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_duplicated_test_rows_are_found_and_left_out_of_the_same_predictions(tmp_path, cache_dir, one_thread):
+    import shutil
+
+    from lungxray.evaluation.evaluate import evaluate_run
+    from lungxray.runcard import RunCard
+
+    src = xray_files(3, "NORMAL") + xray_files(3, "PNEUMONIA")
+    (tmp_path / "imgs").mkdir()
+    dup = shutil.copy(src[3], tmp_path / "imgs" / "copy-of-train.jpeg")  # the same bytes under another name
+    files = {"train": [(src[3], "PNEUMONIA"), (src[0], "NORMAL")],
+             "test": [(Path(dup), "PNEUMONIA"), (src[1], "NORMAL"), (src[2], "NORMAL"), (src[4], "PNEUMONIA"),
+                      (src[5], "PNEUMONIA")]}  # fmt: skip
+    run = _random_run_with_splits(tmp_path, files)
+    card = RunCard.read(run)
+    dups = quality.test_duplicates(run, card, str(cache_dir))
+    assert dups == [str(dup)]
+    evaluate_run(run, n_boot=10, progress=False, cache_dir=cache_dir)
+    part = quality.metrics_without(run, card, set(dups), n_boot=10, seed=0)
+    assert part["n"] == 4 and part["n_removed"] == 1
+    kept = quality.compact_metrics(json.loads((run / "eval" / "test" / "metrics.json").read_text()))
+    assert (
+        kept["n"] == 5 and part["specificity"]["value"] == kept["specificity"]["value"]
+    )  # normals untouched
+
+
+def test_shortcut_and_external_parts_on_a_random_run(tmp_path, cache_dir, one_thread):
+    pytest.importorskip("segmentation_models_pytorch")
+    pytest.importorskip("pytorch_grad_cam")
+    require_data(DATA_ROOT / "lung_masks")
+    from lungxray.runcard import RunCard
+    from lungxray.segmentation.model import (
+        DEFAULT_DECODER,
+        DEFAULT_ENCODER,
+        build_unet,
+        lung_card,
+        save_lung_model,
+    )
+
+    lungs = tmp_path / "lungs"
+    save_lung_model(lungs, lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    test = [(p, "NORMAL") for p in xray_files(3, "NORMAL")] + [(p, "PNEUMONIA") for p in xray_files(3)]
+    run = _random_run_with_splits(tmp_path, {"test": test})
+    sc = quality.shortcut_part(run, str(lungs), n_boot=10)
+    assert sc["n"] == 6 and 0.0 <= sc["cam_in_lungs"] <= 1.0 and sc["lungs"] == str(lungs)
+    assert 0.0 <= sc["auc_lungs_blanked"]["value"] <= 1.0
+    values, _ = qt.flatten({"shortcut": sc})
+    assert set(values) >= {"cam_in_lungs", "auc_plain", "auc_only_lungs"}
+
+    ext = quality.external_part(
+        run, RunCard.read(run), DATA_ROOT, n_boot=10, max_images=4, cache_dir=str(cache_dir)
+    )
+    assert ext["lung_masks"]["n"] == 4 and ext["hannover_covid19"]["n"] == 4
+    assert ext["lung_masks"]["specificity"]["value"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert 0.0 <= ext["hannover_covid19"]["ood_rate"] <= 1.0

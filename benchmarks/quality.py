@@ -77,6 +77,31 @@ def run_config(recipe: Path, dataset: str, data_root: Path, run_dir: Path, seed:
     return load_config(recipe, over)
 
 
+IGNORED = {"out", "name", "data.cache_dir", "data.population", "train.threads", "train.device", "train.track"}
+
+
+def config_diff(have: Any, want: Any) -> dict[str, list[Any]]:
+    """{field: [run's value, asked value]} for the settings that differ (paths compared resolved)."""
+    from lungxray.config import to_dict
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("kwargs", "label_map"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    a, b = flat(to_dict(have)), flat(to_dict(want))
+    for d in (a, b):
+        if d.get("data.path"):
+            d["data.path"] = str(Path(d["data.path"]).resolve())
+    return {
+        k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if k not in IGNORED and a.get(k) != b.get(k)
+    }
+
+
 def adopt(spec: str, runs: Path) -> None:
     """``SRC=dataset/recipe/seedS``: copy a finished compatible run into ``RUNS/dataset/recipe/seedS``."""
     from lungxray.config import load_config
@@ -261,9 +286,12 @@ def run_one(dataset: str, recipe: str, recipe_path: Path, seed: int, a: argparse
         print(f"{'resuming' if resume else 'training'} {run} ({cfg.train.epochs} epochs)", flush=True)
         train(cfg, resume=resume, progress=False)
     have = load_config(run / "config.yaml")
-    if reused and have.train.epochs != cfg.train.epochs:
-        print(f"note: reusing {run}, configured for {have.train.epochs} epochs (asked {cfg.train.epochs}); "
-              "delete it to retrain", flush=True)  # fmt: skip
+    differs = config_diff(have, cfg)
+    if reused and differs:
+        print(
+            f"note: reusing {run}, which differs from what was asked: {differs}; delete it to retrain",
+            flush=True,
+        )
     card = RunCard.read(run)
     n_boot = a.n_boot if a.n_boot is not None else have.eval.bootstrap
     metrics_path = run / "eval" / "test" / "metrics.json"
@@ -294,7 +322,7 @@ def run_one(dataset: str, recipe: str, recipe_path: Path, seed: int, a: argparse
         "epochs_recipe": load_config(recipe_path).train.epochs, "best_epoch": card.training.best_epoch,
         "training_seconds": card.training.seconds, "parameters": card.training.parameters,
         "threshold_strategy": card.threshold_strategy, "n_boot": n_boot, "test": test,
-        "n_test_duplicates": len(dups), "test_dedup": dedup, "shortcut": shortcut, "external": external,
+        "differs_from_asked": differs, "n_test_duplicates": len(dups), "test_dedup": dedup, "shortcut": shortcut, "external": external,
     }  # fmt: skip
     q.mkdir(parents=True, exist_ok=True)
     (q / "result.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -226,3 +226,18 @@ def test_shortcut_and_external_parts_on_a_random_run(tmp_path, cache_dir, one_th
     assert ext["lung_masks"]["n"] == 4 and ext["hannover_covid19"]["n"] == 4
     assert ext["lung_masks"]["specificity"]["value"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert 0.0 <= ext["hannover_covid19"]["ood_rate"] <= 1.0
+
+
+def test_config_diff_names_what_a_reused_run_does_differently():
+    from lungxray.config import load_config
+
+    recipe = REPO / "configs" / "cnn-64-elu.yaml"
+    asked = quality.run_config(recipe, "covid19", Path("/d"), Path("/runs/x"), 1, 5, {})
+    assert asked.train.epochs == 5 and asked.train.seed == 1 and asked.data.path == "/d/covid19"
+    same = load_config(recipe, {"data.path": "/d/covid19", "train.seed": 1, "train.epochs": 5, "out": "/elsewhere",
+                                "train.threads": 1})  # fmt: skip
+    assert quality.config_diff(same, asked) == {}
+    smoke = load_config(
+        recipe, {"data.path": "/d/covid19", "train.seed": 1, "train.epochs": 1, "data.max_images": 80}
+    )
+    assert quality.config_diff(smoke, asked) == {"data.max_images": [80, None], "train.epochs": [1, 5]}

@@ -282,7 +282,8 @@ def run_one(dataset: str, recipe: str, recipe_path: Path, seed: int, a: argparse
     cfg = run_config(recipe_path, dataset, a.data, run, seed, a.max_epochs, overrides)
     reused = (run / "model.json").is_file()
     if not reused:
-        resume = (run / "checkpoint.pt").is_file()
+        # started: an interrupted run resumes (a k-fold run at its first unfinished fold)
+        resume = (run / ("splits.csv" if cfg.train.folds >= 2 else "checkpoint.pt")).is_file()
         print(f"{'resuming' if resume else 'training'} {run} ({cfg.train.epochs} epochs)", flush=True)
         train(cfg, resume=resume, progress=False)
     have = load_config(run / "config.yaml")
@@ -318,11 +319,13 @@ def run_one(dataset: str, recipe: str, recipe_path: Path, seed: int, a: argparse
         external = {"skipped": "external films are scored for chest_xray runs"}
     result = {
         "dataset": dataset, "recipe": recipe, "seed": seed, "run": str(run), "task": card.task,
-        "classes": list(card.classes), "epochs": card.training.epochs_run, "epochs_config": have.train.epochs,
+        "classes": list(card.classes), "epochs": (card.training.epochs_run or 0) // max(have.train.folds, 1) or None,
+        "folds": have.train.folds, "threshold_chosen_on": card.calibration.split, "epochs_config": have.train.epochs,
         "epochs_recipe": load_config(recipe_path).train.epochs, "best_epoch": card.training.best_epoch,
         "training_seconds": card.training.seconds, "parameters": card.training.parameters,
         "threshold_strategy": card.threshold_strategy, "n_boot": n_boot, "test": test,
-        "differs_from_asked": differs, "n_test_duplicates": len(dups), "test_dedup": dedup, "shortcut": shortcut, "external": external,
+        "differs_from_asked": differs, "n_test_duplicates": len(dups), "test_dedup": dedup, "shortcut": shortcut,
+        "external": external,
     }  # fmt: skip
     q.mkdir(parents=True, exist_ok=True)
     (q / "result.json").write_text(json.dumps(result, indent=1) + "\n")

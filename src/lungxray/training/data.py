@@ -69,7 +69,7 @@ def prepare_data(
             m = _subsample(m, d.max_images, cfg.train.seed)
         m = assign_splits(m, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=cfg.train.seed)
     cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress)
-    sha1s = tuple(i["sha1"] if i else "" for i in cached.info)
+    sha1s = cached.sha1s()
     if not cached.ok.all():
         _check_unreadable(m, cached.ok, cached.errors)
         if console:

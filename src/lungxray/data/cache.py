@@ -33,6 +33,7 @@ import numpy as np
 
 from lungxray.data.cache_index import KEY, InfoRows, ShardIndex, as_keys, shard_keys
 from lungxray.data.preprocess import RESIZE_MODES, to_model_input
+from lungxray.data.rows import pread_rows
 from lungxray.errors import ImageReadError, check_option
 from lungxray.io import atomic_path
 from lungxray.io import atomic_write_bytes as _atomic_write_bytes
@@ -205,20 +206,6 @@ class _Store:
         _atomic_write_bytes(self.shards / f"{name}.json", json.dumps(meta).encode())
         self.index.add_shards([(f"{name}.u8", as_keys([sha1 for sha1, _ in entries]))])
 
-    def _read_rows(self, fd: int, rows: np.ndarray, out: np.ndarray) -> None:
-        """``out[j] = shard row rows[j]`` by positioned reads (runs of consecutive rows in one read)."""
-        row_bytes = self.size * self.size
-        j = 0
-        while j < len(rows):
-            k = j + 1
-            while k < len(rows) and rows[k] == rows[k - 1] + 1:
-                k += 1
-            view = memoryview(out[j:k]).cast("B")
-            got = os.preadv(fd, [view], int(rows[j]) * row_bytes)
-            if got != len(view):
-                raise OSError(f"short read in a cache shard ({got} of {len(view)} bytes)")
-            j = k
-
     def assemble(self, keys: np.ndarray) -> np.ndarray:
         """(N, size, size) read-only memmap of the rows of ``keys`` (S40; ``b""`` -> zeros), built once
         per list, ``_BLOCK`` rows at a time (memory flat in N)."""
@@ -246,7 +233,7 @@ class _Store:
                             dst = np.flatnonzero(sb == sid)
                             order = np.argsort(rb[dst], kind="stable")
                             got = np.empty((len(dst), s, s), np.uint8)
-                            self._read_rows(fds[sid], rb[dst][order], got)
+                            pread_rows(fds[sid], rb[dst][order], got)
                             block[dst[order]] = got
                         fh.write(block.tobytes())
             finally:
@@ -339,12 +326,13 @@ def cache_images(
     keys = np.zeros(n, KEY)  # b"" where the file cannot be read
     with _progress(progress and n > 0) as bar, ThreadPoolExecutor(max_workers=min(8, max(1, n))) as pool:
         task = bar.add_task("Hashing files", total=n)
-        for i, (sha1, reason) in enumerate(pool.map(_sha1_file, paths, chunksize=64)):
-            if reason is not None:
-                errors[paths[i]] = reason
-            else:
-                keys[i] = sha1
-            bar.advance(task)
+        for b in range(0, n, _BLOCK):  # in blocks: Executor.map makes every future up front (~1 KB each)
+            for i, (sha1, reason) in enumerate(pool.map(_sha1_file, paths[b : b + _BLOCK]), start=b):
+                if reason is not None:
+                    errors[paths[i]] = reason
+                else:
+                    keys[i] = sha1
+            bar.advance(task, min(_BLOCK, n - b))
     cached = store.index.find(keys) >= 0
     reused = int(cached.sum())
 

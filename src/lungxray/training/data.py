@@ -13,7 +13,7 @@ from lungxray.config import Config
 from lungxray.data.cache import cache_images
 from lungxray.data.manifest import Manifest
 from lungxray.data.readers import load_manifest
-from lungxray.data.rows import RowView, take_rows
+from lungxray.data.rows import FileRows, RowView, take_rows
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError
 
@@ -23,8 +23,9 @@ class PreparedData:
     """A manifest with every split assigned and its images decoded: rows of failed files removed."""
 
     manifest: Manifest
-    # (N, S, S) uint8 aligned with manifest: the cache memmap, or a RowView of its readable rows (never a copy)
-    images: np.ndarray | RowView
+    # (N, S, S) uint8 aligned with manifest: the cache set read per batch (FileRows), or a RowView of its
+    # readable rows (never a copy)
+    images: np.ndarray | RowView | FileRows
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
     cache_stats: dict[str, float] = field(default_factory=dict)
     sha1s: tuple[str, ...] = ()  # content hash per manifest row (what a resumed run checks)
@@ -79,9 +80,9 @@ def prepare_data(
         sha1s = tuple(sha1s[i] for i in np.flatnonzero(cached.ok))
         keep = np.flatnonzero(cached.ok)
         m = m.subset(keep)
-        images = take_rows(cached.images, keep)  # readable rows by index: no (N, S, S) copy
+        images = take_rows(FileRows.of(cached.images), keep)  # readable rows by index: no (N, S, S) copy
     else:
-        images = cached.images
+        images = FileRows.of(cached.images)  # read per batch, never mapped: resident memory flat in N
     for split in ("train", "val"):
         if len(m.split(split)) == 0:
             raise DataError(f"the {split} split of {d.path} is empty; add images or lower data.val_fraction.")

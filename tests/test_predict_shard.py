@@ -98,14 +98,19 @@ def test_resume_after_a_merge_seeds_each_rank_with_its_rows(tmp_path):
     assert stats.skipped == len(mine) and stats.done == 0
 
 
-def test_torchrun_two_ranks_merge_to_the_one_process_output_and_resume_per_rank(tmp_path):
+@pytest.fixture
+def one_process(tmp_path) -> tuple[Path, Path, list[Path], Path]:
+    """A random-weight run, 21 PNGs (one broken) and their one-process predictions CSV."""
     run = make_random_run(tmp_path / "run", size=32)
     inputs = tmp_path / "in"
     paths = _pngs(inputs, 21, broken=6)
-    predictor = Predictor.load(run)
     one = tmp_path / "one.csv"
-    predict_to_csv(predictor, paths, one, batch_size=4, workers=0)
+    predict_to_csv(Predictor.load(run), paths, one, batch_size=4, workers=0)
+    return run, inputs, paths, one
 
+
+def test_torchrun_two_ranks_merge_to_the_one_process_output(one_process, tmp_path):
+    run, inputs, paths, one = one_process
     two = tmp_path / "two.csv"
     res = _torchrun(run, inputs, two)
     assert res.returncode != 0, "a file failed: exit code 1 (from rank 0)"
@@ -113,8 +118,12 @@ def test_torchrun_two_ranks_merge_to_the_one_process_output_and_resume_per_rank(
     _assert_same_rows(two, one)
     assert not list(tmp_path.glob("two.rank*")), "the rank parts are removed after the merge"
 
+
+@pytest.mark.slow
+def test_torchrun_resume_per_rank_and_json_output(one_process, tmp_path):
+    run, inputs, paths, one = one_process
+    two = tmp_path / "two.csv"
     # an interrupted sharded run: rank 0 had written 4 rows, rank 1 nothing; --resume finishes both
-    two.unlink()
     rank0 = [r for r in read_predictions_csv(one) if r["path"] in {str(p) for p in shard(paths, 0, 2)}][:4]
     with open(partial_path(part_path(two, 0, 2)), "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rank0[0]), lineterminator="\n")
@@ -127,7 +136,7 @@ def test_torchrun_two_ranks_merge_to_the_one_process_output_and_resume_per_rank(
     assert [r["path"] for r in merged if r["warnings"] == "resumed"] == [r["path"] for r in rank0]
 
     # JSON output: the same predictions, gathered in input order
-    res = _torchrun(run, inputs, tmp_path / "two.json")
+    _torchrun(run, inputs, tmp_path / "two.json")
     doc = json.loads((tmp_path / "two.json").read_text())
     assert [p["path"] for p in doc["predictions"]] == [str(p) for p in paths]
     scores = {r["path"]: r["score"] for r in read_predictions_csv(one)}

@@ -225,7 +225,7 @@ def test_a_file_that_always_kills_its_worker_fails_alone(tmp_path, monkeypatch):
 def test_shard_index_finds_keys_in_bulk_and_the_first_added_wins():
     from lungxray.data.cache_index import ShardIndex, as_keys
 
-    a, b, c, d = ("%040x" % i for i in (3, 1, 2, 9))
+    a, b, c, d = (f"{i:040x}" for i in (3, 1, 2, 9))
     index = ShardIndex()
     index.add_shards([("s0.u8", as_keys([a, b])), ("s1.u8", as_keys([c, a]))])  # a twice: s0 row 0 wins
     pos = index.find(as_keys([a, None, d, c, b]))

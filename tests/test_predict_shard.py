@@ -5,6 +5,7 @@ per rank."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from conftest import REPO, make_random_run  # noqa: E402
 from lungxray.predict import Predictor
@@ -143,3 +145,22 @@ def test_torchrun_resume_per_rank_and_json_output(one_process, tmp_path):
     for p in doc["predictions"]:
         if p["score"] is not None:
             assert p["score"] == pytest.approx(float(scores[p["path"]]), abs=1e-5)
+
+
+def test_streamed_csv_ends_with_the_set_level_shift_line(tiny_run, tmp_path, capsys):
+    from conftest import xray_files
+    from lungxray.cli import main
+    from lungxray.predict_output import render_set_summary, rows_of_csv
+
+    files = [str(p) for p in xray_files(12, "PNEUMONIA") + xray_files(12, "NORMAL")]
+    out = tmp_path / "preds.csv"
+    main(["predict", str(tiny_run), *files, "--out", str(out), "--workers", "0"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "set-level shift test (KS statistic" in text
+    # the summary streams the CSV: the same line from a list of the rows as from the file
+    rows = list(rows_of_csv(out))
+    assert len(rows) == 24 and all(r.error is None and r.score is not None for r in rows)
+    buf = io.StringIO()
+    render_set_summary(Predictor.load(tiny_run), rows, Console(file=buf, width=300))
+    line = " ".join(buf.getvalue().split())
+    assert line.startswith("set-level shift test") and line in text

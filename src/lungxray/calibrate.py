@@ -34,6 +34,7 @@ import torch
 
 from lungxray.config import Config
 from lungxray.data.manifest import Manifest
+from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import choose_threshold
 from lungxray.focus import preprocessing_from_config
@@ -138,7 +139,7 @@ def calibrate(
 
     def predict(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return predict_batches(
-            model, images[rows], task=task, normalization=DEFAULT_NORMALIZATION, device=device,
+            model, take_rows(images, rows), task=task, normalization=DEFAULT_NORMALIZATION, device=device,
             in_chans=in_chans, features=True, amp=amp, channels_last=channels_last,
         )  # fmt: skip
 

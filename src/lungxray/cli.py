@@ -7,6 +7,7 @@ cause (``LungXrayError``) are printed as one red line, with no traceback, and ex
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -272,13 +273,13 @@ def predict(
 
         writer = HeatmapWriter(predictor, heatmaps)
     paths = predictor.expand_inputs(inputs)
-    if out and Path(out).suffix.lower() == ".csv":
-        from lungxray.predict_output import render_set_summary, rows_of_csv
-        from lungxray.predict_stream import predict_files_to_csv
+    if out and (Path(out).suffix.lower() == ".csv" or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        from lungxray.predict_shard import predict_to_file  # streamed .csv; under torchrun, sharded
 
-        failed = predict_files_to_csv(predictor, paths, out, heatmaps=writer, batch_size=batch_size,
-                                      workers=workers, resume=resume, console=console, err=err)  # fmt: skip
-        render_set_summary(predictor, rows_of_csv(out), console)
+        failed = predict_to_file(predictor, paths, out, heatmaps=writer, batch_size=batch_size, workers=workers,
+                                 resume=resume, console=console, err=err)  # fmt: skip
+        if failed is None:  # a torchrun rank other than 0: rank 0 reports
+            return
     else:
         if resume:
             from lungxray.errors import ConfigError

@@ -11,9 +11,11 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError
@@ -104,8 +106,9 @@ def render_predictions(results: Iterable[Any], console: Any) -> None:
     )
 
 
-def rows_of_csv(csv_path: str | os.PathLike) -> list[Any]:
-    """The rows of a streamed predictions CSV as light objects for ``_predict_end_lines`` (floats only)."""
+def rows_of_csv(csv_path: str | os.PathLike) -> Iterator[Any]:
+    """The rows of a streamed predictions CSV, one at a time, as light objects for
+    ``render_set_summary`` (floats only; nothing is held, whatever the number of rows)."""
     import csv
     from types import SimpleNamespace
 
@@ -113,26 +116,33 @@ def rows_of_csv(csv_path: str | os.PathLike) -> list[Any]:
         return float(v) if v not in ("", None) else None
 
     with open(csv_path, newline="", encoding="utf-8") as fh:
-        return [
-            SimpleNamespace(path=r["path"], error=r["error"] or None, ood_score=num(r["ood_score"]),
-                            score=num(r["score"]), warnings=[w for w in (r.get("warnings") or "").split("|") if w])
-            for r in csv.DictReader(fh)
-        ]  # fmt: skip
+        for r in csv.DictReader(fh):
+            yield SimpleNamespace(path=r["path"], error=r["error"] or None, ood_score=num(r["ood_score"]),
+                                  score=num(r["score"]),
+                                  warnings=[w for w in (r.get("warnings") or "").split("|") if w])  # fmt: skip
 
 
-def render_set_summary(predictor: Any, results: list, console: Any) -> None:
-    """DICOM header warnings per row, then one line: does this set differ from the training data?"""
+def render_set_summary(predictor: Any, results: Iterable[Any], console: Any) -> None:
+    """DICOM header warnings per row, then one line: does this set differ from the training data?
+
+    One pass over ``results`` (a list, or ``rows_of_csv`` streaming a CSV); only the (OOD distance,
+    score) pairs of the predicted rows are kept, as two float arrays."""
+    from array import array
+
     from rich.markup import escape
 
+    ood, score = array("d"), array("d")
     for r in results:
         for w in getattr(r, "warnings", None) or []:
             console.print(f"[yellow]{escape(str(r.path))}: {escape(w)}[/]")
-    ok = [r for r in results if r.error is None and r.ood_score is not None and r.score is not None]
-    if len(ok) < 20:
+        if r.error is None and r.ood_score is not None and r.score is not None:
+            ood.append(r.ood_score)
+            score.append(r.score)
+    if len(ood) < 20:
         return  # one image at a time says nothing about the set; the OOD flag covers single images
     from lungxray.calibrate import set_shift
 
-    res = set_shift(predictor.run_dir, None, [r.ood_score for r in ok], [r.score for r in ok])
+    res = set_shift(predictor.run_dir, None, np.frombuffer(ood), np.frombuffer(score))
     if res is not None:
         colour = "yellow" if res.fired else "dim"
         console.print(f"[{colour}]set-level shift test (KS statistic {res.statistic:.3f}): {res.summary}[/]")

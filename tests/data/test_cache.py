@@ -217,3 +217,38 @@ def test_a_file_that_always_kills_its_worker_fails_alone(tmp_path, monkeypatch):
     c = cache_images(paths, 32, cache_dir=tmp_path / "cache", workers=2, progress=False)
     assert list(c.errors) == [victim] and "died" in c.errors[victim]
     assert int(c.ok.sum()) == len(paths) - 1
+
+
+# ---------------------------------------------------------------- the compact index
+
+
+def test_shard_index_finds_keys_in_bulk_and_the_first_added_wins():
+    from lungxray.data.cache_index import ShardIndex, as_keys
+
+    a, b, c, d = (f"{i:040x}" for i in (3, 1, 2, 9))
+    index = ShardIndex()
+    index.add_shards([("s0.u8", as_keys([a, b])), ("s1.u8", as_keys([c, a]))])  # a twice: s0 row 0 wins
+    pos = index.find(as_keys([a, None, d, c, b]))
+    assert (pos[[1, 2]] == -1).all() and (pos[[0, 3, 4]] >= 0).all()
+    got = [(index.names[index.shard[p]], int(index.row[p])) for p in pos[[0, 3, 4]]]
+    assert got == [("s0.u8", 0), ("s1.u8", 0), ("s0.u8", 1)]
+    index.add_shards([("s2.u8", as_keys([d, b]))])  # a later shard adds d, keeps b where it was
+    pos = index.find(as_keys([d, b]))
+    assert [(index.names[index.shard[p]], int(index.row[p])) for p in pos] == [("s2.u8", 0), ("s0.u8", 1)]
+    assert len(index) == 4 and (ShardIndex().find(as_keys([a])) == -1).all()
+
+
+def test_info_is_read_from_the_shard_only_when_asked(tmp_path):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    paths = _write_generated(folder, 6)
+    out = cache_images([*paths, folder / "missing.png"], 32, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert out.info._cols == {}, "no shard JSON read before info is used"
+    assert out.sha1s()[6] == "" and out.sha1s()[:6] == tuple(i["sha1"] for i in out.info[:6])
+    assert out.info[-1] is None and len(out.info) == 7
+    first = out.info[1]
+    assert first == {"width": first["width"], "height": first["height"], "mode": "L", "format": "PNG",
+                     "phash": first["phash"], "sha1": out.sha1s()[1]}  # fmt: skip
+    assert (first["width"], first["height"]) == Image.open(paths[1]).size
+    with pytest.raises(IndexError):
+        out.info[7]

@@ -24,7 +24,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -32,14 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
+from lungxray.data.cache_index import KEY, InfoRows, ShardIndex, as_keys, shard_keys
 from lungxray.data.preprocess import RESIZE_MODES, to_model_input
+from lungxray.data.rows import pread_rows
 from lungxray.errors import ImageReadError, check_option
+from lungxray.io import atomic_path
 from lungxray.io import atomic_write_bytes as _atomic_write_bytes
 
 CACHE_FORMAT = 2  # 2: 12-bit data in 16-bit PNG/TIFF scaled by 4095 (was 65535). Bump when decoding or to_model_input changes what a cached row holds
 _STORE_VERSION = f"v{CACHE_FORMAT}"
 _CHUNK = 32  # files per worker task: large enough to amortise pickling, small for a smooth bar
-_FLUSH_BYTES = 256 * 2**20  # write a shard at least every 256 MiB of decoded rows
+_FLUSH_BYTES = 256 * 2**20  # close a shard at least every 256 MiB of decoded rows
+_SHARD_ROWS = 16384  # ... or every 16384 rows (a shard's JSON is parsed whole when the store opens)
+_BLOCK = 1024  # rows per read/write when a set is assembled
 _STALE_TMP_S = 3600.0
 _POOL_ATTEMPTS = 3  # fresh pools after a worker dies; the last one decodes one file per task
 
@@ -63,13 +68,21 @@ class CachedImages:
     images: np.ndarray
     ok: np.ndarray
     errors: dict[str, str]
-    info: list[dict | None]
+    info: InfoRows | list[dict | None]
     build_seconds: float
     built: int
     reused: int
     decode_seconds: float = 0.0
     decoded: int = 0  # decode attempts this call (distinct contents, failures included)
     store: str = field(default="", repr=False)
+    keys: np.ndarray | None = field(default=None, repr=False)  # (N,) S40 sha1 per file, b"" if it failed
+
+    def sha1s(self) -> tuple[str, ...]:
+        """The sha1 hex of each file's bytes, '' where it failed (what ``info[i]["sha1"]`` holds, without
+        reading the shards' info)."""
+        if self.keys is None:
+            return tuple(i["sha1"] if i else "" for i in self.info)
+        return tuple(k.decode() for k in self.keys.tolist())
 
     @property
     def lung_fallbacks(self) -> int:
@@ -132,7 +145,9 @@ def _decode_chunk(jobs: list[tuple[str, str]], size: int, resize: str, preproces
 
 
 class _Store:
-    """The on-disk cache of one (size, resize[, pipeline key]): shard index in memory, append and assemble."""
+    """The on-disk cache of one (size, resize[, pipeline key]): a compact shard index in memory
+    (``ShardIndex``), rows streamed into a new shard file, sets assembled with plain reads and writes (no
+    memory map, so nothing of the cache counts toward this process's resident memory)."""
 
     def __init__(self, root: Path, size: int, resize: str, key: str | None = None):
         self.size, self.resize = size, resize
@@ -141,9 +156,10 @@ class _Store:
         self.sets = self.dir / "sets"
         self.shards.mkdir(parents=True, exist_ok=True)
         self.sets.mkdir(parents=True, exist_ok=True)
-        self.index: dict[str, tuple[str, int, dict]] = {}
-        self._mmaps: dict[str, np.ndarray] = {}
+        self.index = ShardIndex()
+        self._writing: tuple[str, Path, object, list] | None = None  # (name, tmp, file, [(sha1, info)])
         self._clean_stale_tmp()
+        found = []
         for idx in sorted(self.shards.glob("*.json")):
             try:
                 meta = json.loads(idx.read_text())
@@ -151,10 +167,12 @@ class _Store:
                 n = len(meta["entries"])
                 if meta.get("format") != CACHE_FORMAT or shard.stat().st_size != n * size * size:
                     continue  # foreign or damaged shard: ignore it (its files get re-decoded)
-                for row, (sha1, info) in enumerate(meta["entries"]):
-                    self.index.setdefault(sha1, (shard.name, row, info))
-            except (OSError, ValueError, KeyError, TypeError):
+                found.append((shard.name, shard_keys(meta["entries"])))
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
                 continue
+            finally:
+                meta = None  # one shard's parsed JSON at a time
+        self.index.add_shards(found)
 
     def _clean_stale_tmp(self) -> None:
         now = time.time()
@@ -164,52 +182,74 @@ class _Store:
                     if now - tmp.stat().st_mtime > _STALE_TMP_S:
                         tmp.unlink()
 
-    def append(self, entries: list[tuple[str, np.ndarray, dict]]) -> None:
-        """Write one shard (rows first, then its index) and add it to the in-memory index."""
-        if not entries:
+    def add(self, sha1: str, row: np.ndarray, info: dict) -> None:
+        """Append one decoded (size, size) row to the shard being written (a new one is started as
+        needed); the shard is closed (``flush``) every ``_FLUSH_BYTES`` or ``_SHARD_ROWS`` rows."""
+        if self._writing is None:
+            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
+            tmp = self.shards / f".{name}.u8.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            self._writing = (name, tmp, open(tmp, "wb"), [])  # noqa: SIM115 (closed by flush)
+        _, _, fh, entries = self._writing
+        fh.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+        entries.append((sha1, info))
+        if len(entries) >= min(_SHARD_ROWS, max(1, _FLUSH_BYTES // (self.size * self.size))):
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the shard being written: its rows durably in place first, then its JSON index."""
+        if self._writing is None:
             return
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
-        rows = np.stack([row for _, row, _ in entries]).astype(np.uint8, copy=False)
-        _atomic_write_bytes(self.shards / f"{name}.u8", memoryview(np.ascontiguousarray(rows)).cast("B"))
-        meta = {
-            "format": CACHE_FORMAT,
-            "size": self.size,
-            "resize": self.resize,
-            "entries": [[sha1, info] for sha1, _, info in entries],
-        }
+        name, tmp, fh, entries = self._writing
+        self._writing = None
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.shards / f"{name}.u8")
+        except BaseException:
+            fh.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        meta = {"format": CACHE_FORMAT, "size": self.size, "resize": self.resize,
+                "entries": [[sha1, info] for sha1, info in entries]}  # fmt: skip
         _atomic_write_bytes(self.shards / f"{name}.json", json.dumps(meta).encode())
-        for row, (sha1, _, info) in enumerate(entries):
-            self.index[sha1] = (f"{name}.u8", row, info)
+        self.index.add_shards([(f"{name}.u8", as_keys([sha1 for sha1, _ in entries]))])
 
-    def _shard(self, name: str) -> np.ndarray:
-        if name not in self._mmaps:
-            self._mmaps[name] = np.memmap(self.shards / name, np.uint8, "r").reshape(-1, self.size, self.size)
-        return self._mmaps[name]
-
-    def assemble(self, keys: Sequence[str | None]) -> np.ndarray:
-        """(N, size, size) read-only memmap of the rows of ``keys`` (None -> zeros), built once per list."""
+    def assemble(self, keys: np.ndarray) -> np.ndarray:
+        """(N, size, size) read-only memmap of the rows of ``keys`` (S40; ``b""`` -> zeros), built once
+        per list, ``_BLOCK`` rows at a time (memory flat in N)."""
         n, s = len(keys), self.size
         if n == 0:
             return np.zeros((0, s, s), np.uint8)
-        key = hashlib.sha1("\n".join(k or "-" for k in keys).encode()).hexdigest()
-        path = self.sets / f"{key}.u8"
+        h = hashlib.sha1()
+        for b in range(0, n, _BLOCK):  # the same digest as sha1("\n".join(key or "-"))
+            part = b"\n".join(k or b"-" for k in keys[b : b + _BLOCK].tolist())
+            h.update((b"\n" if b else b"") + part)
+        path = self.sets / f"{h.hexdigest()}.u8"
         if not (path.exists() and path.stat().st_size == n * s * s):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            out = np.memmap(tmp, np.uint8, "w+", shape=(n, s, s))
-            by_shard: dict[str, tuple[list[int], list[int]]] = {}
-            for i, k in enumerate(keys):
-                if k is not None:
-                    shard, row, _ = self.index[k]
-                    dst, src = by_shard.setdefault(shard, ([], []))
-                    dst.append(i)
-                    src.append(row)
-            for shard, (dst, src) in by_shard.items():
-                mm = self._shard(shard)
-                for b in range(0, len(dst), 1024):  # bounded memory for large sets
-                    out[dst[b : b + 1024]] = mm[src[b : b + 1024]]
-            out.flush()
-            del out
-            os.replace(tmp, path)
+            pos = self.index.find(keys)
+            shard = np.where(pos >= 0, self.index.shard[np.maximum(pos, 0)], -1)
+            row = self.index.row[np.maximum(pos, 0)]
+            fds: dict[int, int] = {}
+            try:
+                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                    for b in range(0, n, _BLOCK):
+                        block = np.zeros((min(_BLOCK, n - b), s, s), np.uint8)
+                        sb, rb = shard[b : b + _BLOCK], row[b : b + _BLOCK]
+                        for sid in np.unique(sb[sb >= 0]).tolist():
+                            if sid not in fds:
+                                fds[sid] = os.open(self.shards / self.index.names[sid], os.O_RDONLY)
+                            dst = np.flatnonzero(sb == sid)
+                            order = np.argsort(rb[dst], kind="stable")
+                            got = np.empty((len(dst), s, s), np.uint8)
+                            pread_rows(fds[sid], rb[dst][order], got)
+                            block[dst[order]] = got
+                        fh.write(block.tobytes())
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
         with contextlib.suppress(OSError):  # a read-only shared cache is fine
             os.utime(path)  # mtime = last use, for anyone pruning old sets
         return np.memmap(path, np.uint8, "r", shape=(n, s, s))
@@ -235,9 +275,11 @@ def _decode_in_pool(
                 try:
                     results = fut.result()
                 except BrokenProcessPool:  # a worker was killed (out of memory?) or crashed
-                    lost.append(futures[fut])
+                    lost.append(futures.pop(fut))
                     continue
+                futures.pop(fut)  # a done future holds its decoded rows: let them go
                 collect(results, bar, task)
+                del results
     return lost
 
 
@@ -301,40 +343,38 @@ def cache_images(
     store = _Store(Path(cache_dir) if cache_dir is not None else default_cache_dir(), size, resize, key)
 
     errors: dict[str, str] = {}
-    # 1. content hashes (threads: hashlib and file reads release the GIL)
-    sha1s: list[str | None] = [None] * n
+    # 1. content hashes (threads: hashlib and file reads release the GIL), as (N,) S40 keys
+    keys = np.zeros(n, KEY)  # b"" where the file cannot be read
     with _progress(progress and n > 0) as bar, ThreadPoolExecutor(max_workers=min(8, max(1, n))) as pool:
         task = bar.add_task("Hashing files", total=n)
-        for i, (sha1, reason) in enumerate(pool.map(_sha1_file, paths, chunksize=64)):
-            sha1s[i] = sha1
-            if reason is not None:
-                errors[paths[i]] = reason
-            bar.advance(task)
-    reused = sum(1 for s in sha1s if s is not None and s in store.index)
+        for b in range(0, n, _BLOCK):  # in blocks: Executor.map makes every future up front (~1 KB each)
+            for i, (sha1, reason) in enumerate(pool.map(_sha1_file, paths[b : b + _BLOCK]), start=b):
+                if reason is not None:
+                    errors[paths[i]] = reason
+                else:
+                    keys[i] = sha1
+            bar.advance(task, min(_BLOCK, n - b))
+    cached = store.index.find(keys) >= 0
+    reused = int(cached.sum())
 
     # 2. decode each new content once
     todo: dict[str, str] = {}
-    for p, s in zip(paths, sha1s, strict=True):
-        if s is not None and s not in store.index and s not in todo:
-            todo[s] = p
+    for i in np.flatnonzero(~cached & (keys != b"")).tolist():
+        todo.setdefault(keys[i].decode(), paths[i])
+    del cached
     failed: dict[str, str] = {}
     t_dec = time.perf_counter()
     if todo:
         jobs = list(todo.items())
         chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
-        pending: list[tuple[str, np.ndarray, dict]] = []
-        flush_rows = max(1, _FLUSH_BYTES // (size * size))
 
         def collect(results: list[tuple], bar, task) -> None:
             for sha1, row, info, reason in results:
                 if row is None:
                     failed[sha1] = reason
                 else:
-                    pending.append((sha1, row, info))
+                    store.add(sha1, row, info)  # streamed to the shard file: nothing held
             bar.advance(task, len(results))
-            if len(pending) >= flush_rows:
-                store.append(pending)
-                pending.clear()
 
         label = f"Decoding {len(todo)} images ({size}px, {resize})"
         try:
@@ -354,22 +394,17 @@ def cache_images(
                 for chunk in chunks:
                     failed.update((sha1, reason) for sha1, _ in chunk)
         finally:
-            store.append(pending)  # keep what was decoded, even on Ctrl-C
+            store.flush()  # keep what was decoded, even on Ctrl-C
     decode_seconds = time.perf_counter() - t_dec
 
-    keys: list[str | None] = []
-    info: list[dict | None] = []
-    for p, s in zip(paths, sha1s, strict=True):
-        if s is not None and s in store.index:
-            keys.append(s)
-            info.append({**store.index[s][2], "sha1": s})
-        else:
-            keys.append(None)
-            info.append(None)
-            if s is not None:
-                errors[p] = failed.get(s, "not decoded")
-    ok = np.array([k is not None for k in keys], dtype=bool)
+    pos = store.index.find(keys)
+    ok = pos >= 0
+    for i in np.flatnonzero(~ok & (keys != b"")).tolist():
+        errors[paths[i]] = failed.get(keys[i].decode(), "not decoded")
+    keys[~ok] = b""
     images = store.assemble(keys)
+    shard = np.where(ok, store.index.shard[np.maximum(pos, 0)], -1).astype(np.int32)
+    info = InfoRows(store.shards, store.index.names, shard, store.index.row[np.maximum(pos, 0)], keys)
     return CachedImages(
         images=images,
         ok=ok,
@@ -381,4 +416,5 @@ def cache_images(
         decode_seconds=decode_seconds if todo else 0.0,
         decoded=len(todo),
         store=str(store.dir),
+        keys=keys,
     )

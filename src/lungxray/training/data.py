@@ -13,7 +13,7 @@ from lungxray.config import Config
 from lungxray.data.cache import cache_images
 from lungxray.data.manifest import Manifest
 from lungxray.data.readers import load_manifest
-from lungxray.data.rows import RowView, take_rows
+from lungxray.data.rows import FileRows, RowView, take_rows
 from lungxray.data.splits import assign_splits
 from lungxray.errors import DataError
 
@@ -23,8 +23,9 @@ class PreparedData:
     """A manifest with every split assigned and its images decoded: rows of failed files removed."""
 
     manifest: Manifest
-    # (N, S, S) uint8 aligned with manifest: the cache memmap, or a RowView of its readable rows (never a copy)
-    images: np.ndarray | RowView
+    # (N, S, S) uint8 aligned with manifest: the cache set read per batch (FileRows), or a RowView of its
+    # readable rows (never a copy)
+    images: np.ndarray | RowView | FileRows
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
     cache_stats: dict[str, float] = field(default_factory=dict)
     sha1s: tuple[str, ...] = ()  # content hash per manifest row (what a resumed run checks)
@@ -73,9 +74,10 @@ def prepare_data(
     pre = Preprocessor.from_config(d)  # the lung-focused options of data: (plain to_model_input when off)
     cached = cache_images(m.paths, d.size, resize=d.resize, cache_dir=d.cache_dir, progress=progress,
                           preprocessor=pre)  # fmt: skip
-    if cached.lung_fallbacks and console:
-        console.print(f"[yellow]{cached.lung_fallbacks} image(s) without plausible lung fields: used whole.[/]")
-    sha1s = tuple(i["sha1"] if i else "" for i in cached.info)
+    fallbacks = 0 if pre.is_default else cached.lung_fallbacks  # reads every info row: lung pipelines only
+    if fallbacks and console:
+        console.print(f"[yellow]{fallbacks} image(s) without plausible lung fields: used whole.[/]")
+    sha1s = cached.sha1s()
     if not cached.ok.all():
         _check_unreadable(m, cached.ok, cached.errors)
         if console:
@@ -85,9 +87,9 @@ def prepare_data(
         sha1s = tuple(sha1s[i] for i in np.flatnonzero(cached.ok))
         keep = np.flatnonzero(cached.ok)
         m = m.subset(keep)
-        images = take_rows(cached.images, keep)  # readable rows by index: no (N, S, S) copy
+        images = take_rows(FileRows.of(cached.images), keep)  # readable rows by index: no (N, S, S) copy
     else:
-        images = cached.images
+        images = FileRows.of(cached.images)  # read per batch, never mapped: resident memory flat in N
     # a k-fold run (train.folds >= 2) pools train and val, so it needs no val split
     for split in ("train",) if cfg.train.folds >= 2 else ("train", "val"):
         if len(m.split(split)) == 0:
@@ -97,7 +99,7 @@ def prepare_data(
         "built": cached.built,
         "reused": cached.reused,
         "images_per_s": cached.images_per_s,
-        "lung_fallbacks": cached.lung_fallbacks,
+        "lung_fallbacks": fallbacks,
     }
     return PreparedData(
         manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats, sha1s=sha1s

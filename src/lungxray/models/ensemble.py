@@ -106,7 +106,7 @@ def create_ensemble(
 
 
 @register_model(
-    "ensemble", default_size=128, cam_layer=None,
+    "ensemble", default_size=128, cam_layer=None, family="composite",
     description="k-fold ensemble: kwargs {member, member_kwargs, n}; mean of the members' logits",
 )  # fmt: skip
 def _ensemble(in_chans: int, num_classes: int, *, member: str, n: int, member_kwargs: dict | None = None,

@@ -42,7 +42,7 @@ class ModelSpec:
     """
 
     name: str
-    family: str  # "reference" | "timm"
+    family: str  # "reference" | "composite" (built of other models, e.g. "ensemble") | "timm"
     default_size: int
     default_in_chans: int
     cam_layer: str | None
@@ -53,12 +53,13 @@ _REGISTRY: dict[str, tuple[ModelSpec, Callable[..., nn.Module]]] = {}
 
 
 def register_model(
-    name: str, *, default_size: int, cam_layer: str | None, description: str, default_in_chans: int = 1
+    name: str, *, default_size: int, cam_layer: str | None, description: str, default_in_chans: int = 1,
+    family: str = "reference",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory(in_chans, num_classes, **kwargs) -> nn.Module`` under ``name``."""
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        spec = ModelSpec(name, "reference", default_size, default_in_chans, cam_layer, description)
+        spec = ModelSpec(name, family, default_size, default_in_chans, cam_layer, description)
         _REGISTRY[name] = (spec, factory)
         return factory
 

@@ -248,6 +248,7 @@ def external_part(run: Path, card: Any, data_root: Path, n_boot: int, max_images
     with patient-bootstrap CIs and the share of films the run's OOD check flags."""
     from lungxray.data.cache import cache_images
     from lungxray.evaluation.metrics.bootstrap import bootstrap_ci
+    from lungxray.focus import Preprocessor
     from lungxray.predict import Predictor
 
     if card.task != "binary" or [c.upper() for c in card.classes] != ["NORMAL", "PNEUMONIA"]:
@@ -255,9 +256,11 @@ def external_part(run: Path, card: Any, data_root: Path, n_boot: int, max_images
             "skipped": f"external films are scored for NORMAL/PNEUMONIA runs; this one has {list(card.classes)}"
         }
     predictor = Predictor.load(run)
+    pre = Preprocessor.for_run(card, run)  # the run's own pipeline (CLAHE, lung crop, ...), as predict applies it
     out: dict[str, Any] = {}
     for name, (paths, groups, label) in external_sets(data_root, max_images).items():
-        cached = cache_images(paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=False)
+        cached = cache_images(paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=False,
+                              preprocessor=pre)  # fmt: skip
         ok = np.flatnonzero(cached.ok)
         prob, dist = predictor.predict_images(np.asarray(cached.images)[ok])
         hit = (card.decide(prob) == label).astype(float)  # called NORMAL on normals, PNEUMONIA on pneumonia

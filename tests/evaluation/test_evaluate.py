@@ -172,6 +172,20 @@ def test_external_data_folder(evaluated, cache_dir, tmp_path):
     assert (result.run_dir / "eval" / "test" / "metrics.json").is_file()  # own evaluation untouched
 
 
+def test_external_folder_of_one_class_measures_that_class(evaluated, cache_dir, tmp_path):
+    """A site's normal films alone (one class folder) are a valid evaluation set of a trained run: the
+    specificity is measured, the sensitivity is undefined, nothing else is refused."""
+    ext = _external_folder(tmp_path / "site_normals", {"NORMAL": "NORMAL"}, n=12)
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    with pytest.warns(UndefinedMetricWarning, match="only one class"):  # AUC is undefined, and says so
+        m = evaluate_run(evaluated.run_dir, data=ext, n_boot=50, progress=False, cache_dir=cache_dir).metrics
+    assert m["class_counts"] == {"NORMAL": 12, "PNEUMONIA": 0} and m["external"] is True
+    calls = [r["predicted_label"] for r in _read_csv(Path(m["run"]) / "eval" / "site_normals-all" / "predictions.csv")]
+    assert m["specificity"]["value"] == pytest.approx(calls.count("NORMAL") / 12)
+    assert m["sensitivity"]["value"] is None or np.isnan(m["sensitivity"]["value"])
+
+
 def test_external_data_with_other_classes_is_a_data_error(evaluated, cache_dir, tmp_path):
     ext = _external_folder(tmp_path / "other", {"NORMAL": "NORMAL", "COVID": "PNEUMONIA"}, n=3)
     with pytest.raises(DataError, match=r"COVID.*do not match the run's classes"):

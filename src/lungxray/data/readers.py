@@ -50,7 +50,7 @@ def _images_under(folder: Path) -> list[str]:
     )
 
 
-def from_folders(root: str | os.PathLike, *, task: str | None = None) -> Manifest:
+def from_folders(root: str | os.PathLike, *, task: str | None = None, min_classes: int = 2) -> Manifest:
     """Build a manifest from class folders: ``root/<class>/**`` or ``root/<split>/<class>/**``.
 
     Split folders are ``train``, ``val`` / ``valid`` / ``validation`` and ``test`` (any case); without
@@ -129,7 +129,7 @@ def from_folders(root: str | os.PathLike, *, task: str | None = None) -> Manifes
                 f"{root}: classes {extra} appear in {split}/ but not in train/ (classes {list(classes)}); "
                 "every class must have training images with the same folder name."
             )
-    if len(classes) < 2:
+    if len(classes) < min_classes:  # 1 for evaluating a trained run: e.g. a site's normal films only
         raise DataError(
             f"{root}: only one class ({', '.join(classes)}); a classifier needs at least two class folders."
         )
@@ -329,7 +329,7 @@ def from_csv(
     )
 
 
-def load_manifest(cfg: DataConfig) -> Manifest:
+def load_manifest(cfg: DataConfig, *, min_classes: int = 2) -> Manifest:
     """The manifest a data config describes: ``from_csv`` when ``cfg.csv`` is set (relative to
     ``cfg.path`` unless absolute; files relative to ``cfg.path``), else ``from_folders(cfg.path)``.
     With ``cfg.sources``, each source is read so and mapped to the task (``data.sources``)."""
@@ -360,4 +360,4 @@ def load_manifest(cfg: DataConfig) -> Manifest:
             binary_negative=cfg.binary_negative,
             task=cfg.task,
         )
-    return from_folders(cfg.path, task=cfg.task)
+    return from_folders(cfg.path, task=cfg.task, min_classes=min_classes)

@@ -87,7 +87,7 @@ def _align_classes(m: Manifest, classes: list[str], task: str, source: str) -> M
     """Re-express ``m``'s labels in the run's class order (names matched case-insensitively)."""
     lookup = {_norm_class(c): k for k, c in enumerate(classes)}
     unknown = [c for c in m.classes if _norm_class(c) not in lookup]
-    if unknown or (task == "binary" and len(m.classes) != 2):
+    if unknown or (task == "binary" and len(m.classes) > 2):
         raise DataError(
             f"{source}: its classes {list(m.classes)} do not match the run's classes {classes}; "
             "name the class folders (or label values) like the run's classes."
@@ -113,7 +113,8 @@ def _external_manifest(data: str | Path, cfg: Config, classes: list[str], task: 
         d = replace(d, path=str(p), csv=Path(d.csv).name)
     else:
         d = replace(d, path=str(p), csv=None)
-    return _align_classes(load_manifest(d), classes, task, str(p))
+    # one class folder is enough here: a site's normal films alone measure specificity (the run has the classes)
+    return _align_classes(load_manifest(d, min_classes=1), classes, task, str(p))
 
 
 def _eval_manifest(

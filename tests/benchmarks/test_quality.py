@@ -241,3 +241,25 @@ def test_config_diff_names_what_a_reused_run_does_differently():
         recipe, {"data.path": "/d/covid19", "train.seed": 1, "train.epochs": 1, "data.max_images": 80}
     )
     assert quality.config_diff(smoke, asked) == {"data.max_images": [80, None], "train.epochs": [1, 5]}
+
+
+def test_external_films_go_through_the_runs_own_preprocessing(tmp_path, cache_dir, one_thread):
+    """A CLAHE run scores the external films as `lungxray predict` would (CLAHE applied), not plain inputs:
+    with the threshold at the median CLAHE score, the rate is exactly predict's (plain inputs move it)."""
+    from dataclasses import replace
+
+    from lungxray.predict import Predictor
+    from lungxray.runcard import Calibration, RunCard
+
+    require_data(DATA_ROOT / "lung_masks")
+    run = _random_run_with_splits(tmp_path, {"test": [(p, "NORMAL") for p in xray_files(2, "NORMAL")]})
+    card = RunCard.read(run)
+    card = replace(card, preprocessing=replace(card.preprocessing, window="clahe"))
+    card.write(run)
+    paths = quality.external_sets(DATA_ROOT, 12)["lung_masks"][0]
+    scores = np.array([p.score for p in Predictor.load(run).predict_paths(paths)])
+    t = float(np.sort(scores)[5] + np.sort(scores)[6]) / 2  # 6 of 12 called NORMAL under CLAHE
+    card = card.with_calibration(Calibration(strategy="0.5", split="test-fixture", threshold=t))
+    card.write(run)
+    ext = quality.external_part(run, card, DATA_ROOT, n_boot=10, max_images=12, cache_dir=str(cache_dir))
+    assert ext["lung_masks"]["specificity"]["value"] == pytest.approx(np.mean(scores < t)) == 0.5

@@ -151,3 +151,37 @@ def tiny_run(tmp_path_factory, cache_dir) -> Path:
     )
     train(cfg, progress=False)
     return out
+
+
+def noise_pngs(folder: Path, n: int, *, broken: int | None = None, seed: int = 0,
+               height: int = 24, vary: int = 9, width: int = 28) -> list[Path]:
+    """``n`` small random gray PNGs ``folder/img_0000.png ...`` (heights ``height + i % vary``); file
+    ``broken`` (an index) gets bytes that are not a PNG. Distinct content, so no cache dedupes them."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = folder / f"img_{i:04d}.png"
+        if i == broken:
+            p.write_bytes(b"\x89PNG not really")
+        else:
+            Image.fromarray(rng.integers(0, 256, (height + i % vary, width), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def random_lung_run(path: Path, size: int = 32) -> Path:
+    """A lung-field run (``lungxray train-lungs`` layout) with random U-Net weights at ``size`` px: enough
+    for code paths that need masks, not for masks that mean anything. Needs segmentation_models_pytorch."""
+    from lungxray.segmentation.model import (
+        DEFAULT_DECODER,
+        DEFAULT_ENCODER,
+        build_unet,
+        lung_card,
+        save_lung_model,
+    )
+
+    return save_lung_model(path, lung_card("lungs", size, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())

@@ -12,12 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from rich.console import Console
 
-from conftest import REPO, make_random_run  # noqa: E402
+from conftest import REPO, make_random_run, noise_pngs  # noqa: E402
 from lungxray.predict import Predictor
 from lungxray.predict_shard import _seed_from_merged, merge_csv_parts, part_path, shard
 from lungxray.predict_stream import partial_path, predict_to_csv, read_predictions_csv
@@ -26,17 +24,7 @@ FLOATS = ("score", "threshold", "ood_score", "p_NORMAL", "p_PNEUMONIA")
 
 
 def _pngs(folder: Path, n: int, broken: int | None = None) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    out = []
-    for i in range(n):
-        p = folder / f"img_{i:04d}.png"
-        if i == broken:
-            p.write_bytes(b"\x89PNG not really")
-        else:
-            Image.fromarray(rng.integers(0, 256, (30 + i % 7, 34), dtype=np.uint8)).save(p)
-        out.append(p)
-    return out
+    return noise_pngs(folder, n, broken=broken, seed=1, height=30, vary=7, width=34)
 
 
 def _assert_same_rows(a: Path, b: Path) -> None:

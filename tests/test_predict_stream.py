@@ -6,11 +6,9 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import make_random_run  # noqa: E402
+from conftest import make_random_run, noise_pngs  # noqa: E402
 from lungxray.cli import main
 from lungxray.predict import Predictor, Record
 from lungxray.predict_stream import TABLE_MAX, partial_path, predict_to_csv, read_predictions_csv
@@ -19,17 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pngs(folder: Path, n: int, broken: int | None = None) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        p = folder / f"img_{i:04d}.png"
-        if i == broken:
-            p.write_bytes(b"\x89PNG not really")
-        else:
-            Image.fromarray(rng.integers(0, 256, (24 + i % 9, 28), dtype=np.uint8)).save(p)
-        out.append(p)
-    return out
+    return noise_pngs(folder, n, broken=broken)
 
 
 @pytest.fixture(scope="module")

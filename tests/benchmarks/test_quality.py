@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA_ROOT, REPO, make_random_run, require_data, xray_files
+from conftest import DATA_ROOT, REPO, make_random_run, random_lung_run, require_data, xray_files
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 quality = importlib.import_module("quality")
@@ -202,16 +202,8 @@ def test_shortcut_and_external_parts_on_a_random_run(tmp_path, cache_dir, one_th
     pytest.importorskip("pytorch_grad_cam")
     require_data(DATA_ROOT / "lung_masks")
     from lungxray.runcard import RunCard
-    from lungxray.segmentation.model import (
-        DEFAULT_DECODER,
-        DEFAULT_ENCODER,
-        build_unet,
-        lung_card,
-        save_lung_model,
-    )
-
     lungs = tmp_path / "lungs"
-    save_lung_model(lungs, lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    random_lung_run(lungs)
     test = [(p, "NORMAL") for p in xray_files(3, "NORMAL")] + [(p, "PNEUMONIA") for p in xray_files(3)]
     run = _random_run_with_splits(tmp_path, {"test": test})
     sc = quality.shortcut_part(run, str(lungs), n_boot=10)

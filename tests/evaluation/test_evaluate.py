@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from conftest import DATA_ROOT, require_data  # noqa: E402
+from conftest import DATA_ROOT, random_lung_run, require_data  # noqa: E402
 from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError, DataError, RunError
 from lungxray.evaluation.evaluate import evaluate_run, render_summary
@@ -259,15 +259,7 @@ def test_shortcut_audit_is_skipped_with_a_note_without_lungs(evaluated):
 def test_shortcut_audit_runs_with_a_lung_run(tiny_run, cache_dir, tmp_path, one_thread):
     """`lungxray evaluate --lungs` adds the audit to metrics.json and the report (lung net: random weights)."""
     pytest.importorskip("segmentation_models_pytorch")
-    from lungxray.segmentation.model import (
-        DEFAULT_DECODER,
-        DEFAULT_ENCODER,
-        build_unet,
-        lung_card,
-        save_lung_model,
-    )
-
-    lungs = save_lung_model(tmp_path / "lungs", lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    lungs = random_lung_run(tmp_path / "lungs")
     run = _copy_run(tiny_run, tmp_path / "run")
     result = evaluate_run(run, n_boot=20, progress=False, cache_dir=cache_dir, lungs=lungs)
     d = result.metrics["shortcut"]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DATA_ROOT, make_random_run, require_data
+from conftest import DATA_ROOT, make_random_run, random_lung_run, require_data
 from lungxray.evaluation.shortcut import (
     NO_MASK_NOTE,
     auc_table,
@@ -162,15 +162,7 @@ def test_runner_on_a_real_random_run(tmp_path, one_thread):
 
 def test_runner_with_a_lung_run(tmp_path, one_thread):
     pytest.importorskip("segmentation_models_pytorch")
-    from lungxray.segmentation.model import (
-        DEFAULT_DECODER,
-        DEFAULT_ENCODER,
-        build_unet,
-        lung_card,
-        save_lung_model,
-    )
-
-    lung = save_lung_model(tmp_path / "lungs", lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    lung = random_lung_run(tmp_path / "lungs")
     run = make_random_run(tmp_path / "cls", size=64)
     x = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)
     d = audit_shortcuts(run, lung, x, np.array([0, 1, 0, 1]), n_boot=10)["shortcut"]

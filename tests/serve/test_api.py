@@ -21,7 +21,7 @@ pytest.importorskip("httpx")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import CHEST_XRAY, dicom_bytes, require_data  # noqa: E402
+from conftest import CHEST_XRAY, dicom_bytes, random_lung_run, require_data  # noqa: E402
 from lungxray import DISCLAIMER  # noqa: E402
 from lungxray.data.imageio import read_image  # noqa: E402
 from lungxray.predict import Predictor  # noqa: E402
@@ -431,17 +431,9 @@ def test_model_card_reports_shortcut_audit_and_external_sets(tiny_run: Path, tmp
     lungs blanked / only the lungs kept) and the external set's rates at the stored threshold."""
     pytest.importorskip("segmentation_models_pytorch")
     from lungxray.evaluation.evaluate import evaluate_run
-    from lungxray.segmentation.model import (
-        DEFAULT_DECODER,
-        DEFAULT_ENCODER,
-        build_unet,
-        lung_card,
-        save_lung_model,
-    )
-
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint*", "figures", "eval"))
-    lungs = save_lung_model(tmp_path / "lungs", lung_card("lungs", 32, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+    lungs = random_lung_run(tmp_path / "lungs")
     test = evaluate_run(run, n_boot=20, progress=False, cache_dir=cache_dir, lungs=lungs).metrics
     other = tmp_path / "other-site"  # an "external" folder: 8 normal, 8 pneumonia films of the test split
     for cls in ("NORMAL", "PNEUMONIA"):

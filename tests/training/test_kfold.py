@@ -83,6 +83,9 @@ def test_threshold_is_chosen_on_the_oof_table_and_summary_recorded(kfold_run: Pa
     low, high = folds["oof_auc_ci"]
     assert low <= folds["oof_auc"] <= high
     assert card.calibration.temperature > 0
+    from lungxray.serve.card import model_card  # the model card says where the threshold came from
+
+    assert f"out-of-fold predictions of the {len(oof)} training images" in model_card(kfold_run, card)["threshold_note"]
 
 
 def test_ensemble_output_is_the_mean_of_its_members_logits(kfold_run: Path) -> None:

@@ -151,6 +151,9 @@ def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
             if task == "multiclass"
             else f"chosen on the validation split with the {strategy!r} rule, before any test data was seen"
             if cal.split == "val"
+            else f"chosen on the out-of-fold predictions of the {cal.n} training images (a k-fold ensemble) "
+            f"with the {strategy!r} rule, before any test data was seen"
+            if cal.split == "oof"
             else f"chosen on {cal.split!r} ({cal.n} images) with the {strategy!r} rule on {cal.created}"
         ),
         "ood": {

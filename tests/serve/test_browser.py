@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHEST_XRAY, require_data
+from conftest import CHEST_XRAY, random_lung_run, require_data
 
 pytestmark = pytest.mark.browser
 
@@ -221,5 +221,34 @@ def test_warnings_before_the_score_and_drift_banner(browser, tiny_run: Path, mon
         )
         assert above
         page.screenshot(path=str(artifacts_dir() / "serve-warnings-1280.png"), full_page=True)
+        assert page.problems == []
+        context.close()
+
+
+def test_model_card_shows_the_shortcut_audit_and_external_sets(browser, tiny_run: Path, tmp_path: Path) -> None:
+    """The page's "About this model" panel reports the run's shortcut audit and its external evaluations
+    (here: a random-weight lung net and 6 external normal films; the texts, not the values, are checked)."""
+    import shutil
+
+    from lungxray.evaluation.evaluate import evaluate_run
+    from lungxray.serve.app import create_app
+
+    pytest.importorskip("segmentation_models_pytorch")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint*", "figures", "eval"))
+    evaluate_run(run, n_boot=20, progress=False, lungs=random_lung_run(tmp_path / "lungs"))
+    site = tmp_path / "site_b" / "NORMAL"
+    site.mkdir(parents=True)
+    for f in sorted((CHEST_XRAY / "test" / "NORMAL").glob("*.jpeg"))[-6:]:
+        shutil.copy(f, site / f.name)
+    with pytest.warns(Warning):  # one class: AUC undefined, and said so
+        evaluate_run(run, data=site.parent, n_boot=20, progress=False)
+    with serving(create_app(run)) as url:
+        context, page = open_page(browser, url, 1280, 900)
+        card = page.locator("#card-body")
+        sync_api.expect(card).to_contain_text("Where the model looks (shortcut audit, test set)")
+        sync_api.expect(card).to_contain_text("AUC with the lung fields blanked")
+        sync_api.expect(card).to_contain_text("Other data sets (external, at the same threshold)")
+        sync_api.expect(card).to_contain_text("site_b-all (n = 6): specificity")
         assert page.problems == []
         context.close()

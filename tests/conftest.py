@@ -185,3 +185,17 @@ def random_lung_run(path: Path, size: int = 32) -> Path:
     )
 
     return save_lung_model(path, lung_card("lungs", size, DEFAULT_ENCODER, DEFAULT_DECODER), build_unet())
+
+
+def inject_prediction_warning(monkeypatch, text: str) -> None:
+    """Make every served prediction carry the warning ``text`` (as a DICOM header check would)."""
+    import lungxray.serve.service as service
+
+    real = service._analyze
+
+    def with_warning(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["prediction"].warnings = [text]
+        return out
+
+    monkeypatch.setattr(service, "_analyze", with_warning)

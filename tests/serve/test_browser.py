@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHEST_XRAY, random_lung_run, require_data
+from conftest import CHEST_XRAY, inject_prediction_warning, random_lung_run, require_data
 
 pytestmark = pytest.mark.browser
 
@@ -190,18 +190,10 @@ def test_warnings_before_the_score_and_drift_banner(browser, tiny_run: Path, mon
     firing drift check shows a banner in the page header."""
     import types
 
-    import lungxray.serve.service as service
     from lungxray.serve.app import create_app
 
     require_data(XRAY)
-    real = service._analyze
-
-    def with_warning(*args, **kwargs):
-        out = real(*args, **kwargs)
-        out["prediction"].warnings = ["adult age (54Y) but the model was trained on children"]
-        return out
-
-    monkeypatch.setattr(service, "_analyze", with_warning)
+    inject_prediction_warning(monkeypatch, "adult age (54Y) but the model was trained on children")
     app = create_app(tiny_run, drift=False)
     fired = types.SimpleNamespace(fired=True, p_value=1e-9, n_sample=200, summary="differs")
     app.state.monitoring.drift = lambda: fired

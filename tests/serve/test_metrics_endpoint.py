@@ -18,7 +18,7 @@ pytest.importorskip("prometheus_client")
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from conftest import CHEST_XRAY, DATA_ROOT, require_data  # noqa: E402
+from conftest import CHEST_XRAY, DATA_ROOT, inject_prediction_warning, require_data  # noqa: E402
 from lungxray.errors import ConfigError  # noqa: E402
 from lungxray.serve.app import create_app, run_server  # noqa: E402
 from lungxray.serve.guard import RedactQuery, resolve_api_key  # noqa: E402
@@ -122,17 +122,9 @@ def test_card_shows_population_and_calibration(keyed: TestClient) -> None:
 
 def test_prediction_warnings_come_before_the_score(keyed: TestClient, monkeypatch) -> None:
     """Works before and after Prediction gains ``warnings`` (DICOM header checks)."""
-    import lungxray.serve.service as service
 
     require_data(XRAY)
-    real = service._analyze
-
-    def with_warning(*args, **kwargs):
-        out = real(*args, **kwargs)
-        out["prediction"].warnings = ["lateral view (ViewPosition LL): the model reads frontal films"]
-        return out
-
-    monkeypatch.setattr(service, "_analyze", with_warning)
+    inject_prediction_warning(monkeypatch, "lateral view (ViewPosition LL): the model reads frontal films")
     body = predict(keyed, XRAY, **{"X-API-Key": KEY}).json()
     assert body["warnings"] == ["lateral view (ViewPosition LL): the model reads frontal films"]
     keys = list(body)

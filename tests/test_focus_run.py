@@ -111,3 +111,21 @@ def test_missing_or_changed_lung_copy_is_a_clear_error(focus_run, tmp_path):
     shutil.rmtree(run / LUNGS_DIR)
     with pytest.raises(RunError, match="has no lungs/"):
         Predictor.load(run)
+
+
+def test_an_image_without_lung_fields_is_predicted_with_a_warning(focus_run):
+    """A lung-focused run that finds no plausible lung fields still predicts (whole image) but says so;
+    an image whose lungs are found carries no such warning."""
+    from lungxray.focus import NO_LUNGS_WARNING
+    from lungxray.predict import Predictor, predict_records
+
+    pred = Predictor.load(focus_run)
+    xray = read_image(sorted((CHEST_XRAY / "test" / "NORMAL").glob("*.jpeg"))[0])
+    found = pred.focus(xray).lungs == "found"  # the run's own lung model on a real film
+    (rec,) = predict_records(pred, [xray])
+    assert (NO_LUNGS_WARNING in rec.prediction.warnings) == (not found)
+    # the same run whose lung finder finds nothing (an empty mask: what a non-chest image gives)
+    pred.preprocessor = Preprocessor(pred.card.preprocessing, lambda img: np.zeros((64, 64), bool))
+    assert pred.focus(xray).lungs == "fallback"
+    (rec,) = predict_records(pred, [xray])
+    assert rec.prediction.score is not None and NO_LUNGS_WARNING in rec.prediction.warnings

@@ -62,6 +62,11 @@ LUNGS_DIR = "lungs"  # RUN/lungs/: the copy of the lung-field run a run's prepro
 LUNG_FILES = ("model.json", "model.safetensors")
 MASK_DILATE = 0.03  # the lung fields are grown by this fraction of the side before masking / protecting
 
+NO_LUNGS_WARNING = (
+    "no plausible lung fields found: the model saw the whole image, not the lung-focused input it was "
+    "trained on; do not use this score (check the image: is it a frontal chest X-ray?)"
+)
+
 LungFinder = Callable[[np.ndarray], np.ndarray]  # (H, W) float [0, 1] -> (h, w) bool lung mask, any h, w
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from lungxray.data.dicom_header import header_warnings
 from lungxray.errors import ConfigError, DataError, ImageReadError, check_option
+from lungxray.focus import NO_LUNGS_WARNING, Focused
 from lungxray.inference import BACKENDS
 from lungxray.predict_output import render_predictions, write_predictions
 
@@ -70,7 +71,8 @@ class Prediction:
             X-rays): the input does not look like the training data, so the label is unreliable.
         error: why the input could not be predicted (e.g. "empty file (0 bytes)"), else None.
         warnings: what the input's DICOM header says against using the score (lateral view, not CR/DX,
-            not chest, age outside the run's ``population``; ``lungxray.data.dicom_header``); [] else.
+            not chest, age outside the run's ``population``; ``lungxray.data.dicom_header``), and, for
+            a lung-focused run, ``NO_LUNGS_WARNING`` when no plausible lung fields were found; [] else.
     """
 
     path: str
@@ -174,8 +176,11 @@ def predict_records(
         t0 = time.perf_counter()
         try:
             rec.image = src.load()
-            rec.x = predictor.preprocess(rec.image)
+            focused = predictor.focus(rec.image)
+            rec.x = focused.image
             rec.prediction.warnings = header_warnings(src.raw, predictor.card.population)
+            if focused.lungs == "fallback":
+                rec.prediction.warnings.append(NO_LUNGS_WARNING)
         except ImageReadError as exc:
             rec.error = exc.reason
         except ValueError as exc:  # an array that is not an image
@@ -331,6 +336,11 @@ class Predictor:
     @property
     def has_ood(self) -> bool:
         return self._ood_mean is not None and self._ood_precision is not None
+
+    def focus(self, image: np.ndarray) -> Focused:
+        """(H, W) float [0, 1] -> ``focus.Focused``: the model input plus what the lung step did
+        (``lungs == "fallback"``: no plausible lung fields, the whole image was used)."""
+        return self.preprocessor.process(image)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float [0, 1] -> the model-ready (S, S) uint8, exactly as the training cache holds it

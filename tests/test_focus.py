@@ -90,6 +90,21 @@ def test_crop_pipeline_crops_and_mask_outside_blanks():
     assert masked.image[~outside].mean() > 40  # the lungs themselves are kept
 
 
+def test_lung_fields_are_in_the_frame_of_the_input_and_inside_what_the_mask_keeps():
+    """``lung_fields``: the lungs found on the decoded image, cropped and resized like the input, so the
+    shortcut audit of a masked run blanks exactly the lungs (not a re-segmentation of the masked input)."""
+    img, lungs = synthetic_chest()
+    for kw in ({"crop": "lungs", "mask_outside": True}, {"mask_outside": True}, {"crop": "lungs"}):
+        pre = Preprocessor(prep(**kw), dark_lungs)
+        f, fields = pre.process(img), pre.lung_fields(img)
+        assert fields.shape == f.image.shape == (64, 64) and fields.dtype == bool
+        box_lungs = to_model_input(crop_to_box(lungs.astype(np.float32), f.box), 64) >= 128
+        assert (fields == box_lungs).mean() > 0.97  # the true lungs, in the input's frame
+        if kw.get("mask_outside"):
+            assert (f.image[fields] > 0).mean() > 0.99  # every lung pixel is one the model sees
+    assert Preprocessor(prep(crop="lungs"), no_lungs).lung_fields(img) is None  # fallback: none found
+
+
 def test_marker_suppression_removes_the_block_but_keeps_the_lungs():
     img, lungs = synthetic_chest()
     out, n = suppress_markers(img)

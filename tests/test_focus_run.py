@@ -56,6 +56,24 @@ def focus_run(tmp_path_factory, lung_dir, cache_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory, lung_dir, cache_dir) -> Path:
+    """A 32 px, 1-epoch run on 40 images with everything outside the lung fields set to 0."""
+    from lungxray.config import load_config
+    from lungxray.training import train
+
+    require_data()
+    out = tmp_path_factory.mktemp("runs") / "masked"
+    cfg = load_config(None, {
+        "name": "masked", "out": str(out), "data.path": str(CHEST_XRAY), "data.max_images": 40,
+        "data.size": 32, "data.cache_dir": str(cache_dir), "model.kwargs": {"width": 4},
+        "train.epochs": 1, "train.batch_size": 16, "eval.bootstrap": 50,
+        "data.lungs": str(lung_dir), "data.mask_outside": True,
+    })  # fmt: skip
+    train(cfg, progress=False)
+    return out
+
+
 def test_run_carries_its_lung_model_and_card(focus_run, lung_dir):
     card = RunCard.read(focus_run)
     p = card.preprocessing
@@ -129,3 +147,21 @@ def test_an_image_without_lung_fields_is_predicted_with_a_warning(focus_run):
     assert pred.focus(xray).lungs == "fallback"
     (rec,) = predict_records(pred, [xray])
     assert rec.prediction.score is not None and NO_LUNGS_WARNING in rec.prediction.warnings
+
+
+def test_shortcut_audit_of_a_masked_run_blanks_the_lungs_its_pipeline_found(masked_run, lung_dir):
+    """Segmenting a masked input again would miss part of the lungs; the audit takes the lung fields the
+    run's pipeline found on each decoded file instead, and says so."""
+    from lungxray.evaluation.shortcut import audit_shortcuts, load_audit_set
+
+    x, y, paths, _ = load_audit_set(masked_run, CHEST_XRAY, "test", max_images=12)
+    doc = audit_shortcuts(masked_run, lung_dir, x, y, paths, n_boot=20)["shortcut"]
+    pre = Preprocessor.for_run(RunCard.read(masked_run), masked_run)
+    fields = [pre.lung_fields(read_image(p)) for p in paths]
+    found = [f for f in fields if f is not None]
+    assert f"own lung fields (RUN/lungs, on the decoded images; {len(found)} of {len(paths)})" in doc["mask_model"]
+    if len(found) == len(paths):
+        assert doc["lung_area"] == pytest.approx(float(np.mean(found)))
+    for img, f in zip(x, fields, strict=True):
+        if f is not None and f.any():
+            assert (img[f] > 0).mean() > 0.95  # the audit's lungs are pixels the model sees

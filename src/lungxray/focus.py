@@ -257,10 +257,7 @@ class Preprocessor:
         x = np.asarray(img, np.float32)
         if x.ndim != 2 or min(x.shape) < 1:
             raise ValueError(f"expected a (H, W) image, got shape {x.shape}")
-        mask, state = None, None
-        if self.needs_lungs or self._lungs is not None:
-            found = self.find_lungs(x)
-            mask, state = (found, "found") if plausible_lungs(found) else (None, "fallback")
+        mask, state = self._locate(x)
         grown = dilate(mask, MASK_DILATE) if mask is not None else None
         markers = 0
         if p.suppress_markers:
@@ -271,6 +268,26 @@ class Preprocessor:
             keep = resize_mask(crop_to_box(grown, box), content.shape)
             content = np.where(keep, content, np.float32(0.0))
         return Focused(finish(content, size, p.resize), box, state, markers)
+
+    def _locate(self, x: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+        """The lung mask (h, w) bool and "found", or (None, "fallback"); (None, None) without a lung model."""
+        if not (self.needs_lungs or self._lungs is not None):
+            return None, None
+        found = self.find_lungs(x)
+        return (found, "found") if plausible_lungs(found) else (None, "fallback")
+
+    def lung_fields(self, img: np.ndarray, size: int | None = None) -> np.ndarray | None:
+        """(H, W) float [0, 1] -> the lung fields this pipeline finds on the decoded image, undilated and
+        in the frame of its output (cropped and resized like the input): (size, size) bool; None when it
+        falls back (no plausible lungs) or has no lung model. What the shortcut audit of a lung-focused
+        run calls "the lungs": segmenting its masked or cropped input instead would miss part of them."""
+        size = int(size or self.prep.input_size)
+        x = np.asarray(img, np.float32)
+        mask, _ = self._locate(x)
+        if mask is None:
+            return None
+        box = lung_box(mask, self.prep.crop_margin) if self.prep.crop == "lungs" else None
+        return to_model_input(crop_to_box(mask.astype(np.float32), box), size, self.prep.resize) >= 128
 
     def __call__(self, img: np.ndarray, size: int | None = None) -> np.ndarray:
         """(H, W) float [0, 1] -> (size, size) uint8 (``process(img, size).image``)."""

@@ -46,7 +46,7 @@ _FLUSH_BYTES = 256 * 2**20  # close a shard at least every 256 MiB of decoded ro
 _SHARD_ROWS = 16384  # ... or every 16384 rows (a shard's JSON is parsed whole when the store opens)
 _BLOCK = 1024  # rows per read/write when a set is assembled
 _STALE_TMP_S = 3600.0
-_POOL_ATTEMPTS = 3  # fresh pools after a worker dies; the last one decodes one file per task
+_POOL_ATTEMPTS = 3  # pool rounds after a worker dies; the last one gives each file a pool of its own
 
 
 def default_cache_dir() -> Path:
@@ -384,12 +384,17 @@ def cache_images(
                     for chunk in chunks:
                         collect(_decode_chunk(chunk, size, resize, preprocessor), bar, task)
             else:
-                for attempt in range(_POOL_ATTEMPTS):
-                    if attempt == _POOL_ATTEMPTS - 1:  # last try: one file per task, so a file that
-                        chunks = [[job] for c in chunks for job in c]  # kills its worker fails alone
+                for _ in range(_POOL_ATTEMPTS - 1):
                     chunks = _decode_in_pool(chunks, size, resize, workers, progress, label, collect, preprocessor)
                     if not chunks:
                         break
+                # last try: each file left in a pool of its own, so a file that kills its worker fails
+                # alone (a broken pool also returns every task it had not finished, culprit or not)
+                chunks = [
+                    lost
+                    for job in (job for c in chunks for job in c)
+                    for lost in _decode_in_pool([[job]], size, resize, 1, False, label, collect, preprocessor)
+                ]
                 reason = "the decoding process died (out of memory or decoder crash)"
                 for chunk in chunks:
                     failed.update((sha1, reason) for sha1, _ in chunk)

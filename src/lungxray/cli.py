@@ -450,6 +450,36 @@ def train_lungs(
     console.print(json.dumps({"run": str(r.run_dir), "heldout_dice": r.heldout_dice, "seconds": round(r.seconds)}))
 
 
+@app.command("train-gate")
+def train_gate_cmd(
+    inside: Annotated[str, typer.Argument(help="The training population's data folder (its test split is left out).")],
+    outside: Annotated[list[str], Opt(help="A folder of films from another population (repeatable).")],
+    out: Annotated[str, Opt(help="Gate run directory to write.")] = "runs/gate",
+    epochs: Annotated[int | None, Opt(help="Epochs (default 6).")] = None,
+    seed: Annotated[int, Opt(help="Random seed.")] = 0,
+    threads: Annotated[int | None, Opt(help="CPU threads (1 is fastest on a shared machine).")] = None,
+) -> None:
+    """Train a population gate: the population's films vs other populations' (docs/gate.md)."""
+    from lungxray.training.gate import train_gate
+
+    over = {"train.seed": seed, **({"train.epochs": epochs} if epochs else {}), **({"train.threads": threads} if threads else {})}
+    run = train_gate(inside, outside, out, overrides=over, progress=True)
+    console.print(f"gate written to {run}; attach it with `lungxray attach-gate RUN --gate {run}`")
+
+
+@app.command("attach-gate")
+def attach_gate_cmd(
+    run: Annotated[str, typer.Argument(help="Classifier run directory.")],
+    gate: Annotated[str, Opt(help="Gate run directory (lungxray train-gate).")],
+) -> None:
+    """Attach a population gate to a run (RUN/gate/): predict, serve and evaluate then flag its outsiders."""
+    from lungxray.gate import attach_gate
+
+    record = attach_gate(gate, run)
+    console.print(f"gate attached to {run} (threshold {record['threshold']:.3f}, {record['strategy']}); "
+                  "the classifier's own files are unchanged")  # fmt: skip
+
+
 @app.command("audit-shortcuts")
 def audit_shortcuts(
     run: Annotated[str, typer.Argument(help="Classifier run directory.")],

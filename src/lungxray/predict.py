@@ -35,6 +35,7 @@ import numpy as np
 from lungxray.data.dicom_header import header_warnings
 from lungxray.errors import ConfigError, DataError, ImageReadError, check_option
 from lungxray.focus import NO_LUNGS_WARNING, Focused
+from lungxray.gate import Gate, gate_warning
 from lungxray.inference import BACKENDS
 from lungxray.predict_output import render_predictions, write_predictions
 
@@ -72,7 +73,8 @@ class Prediction:
         error: why the input could not be predicted (e.g. "empty file (0 bytes)"), else None.
         warnings: what the input's DICOM header says against using the score (lateral view, not CR/DX,
             not chest, age outside the run's ``population``; ``lungxray.data.dicom_header``), and, for
-            a lung-focused run, ``NO_LUNGS_WARNING`` when no plausible lung fields were found; [] else.
+            a lung-focused run, ``NO_LUNGS_WARNING`` when no plausible lung fields were found, and with a
+            population gate attached (``lungxray.gate``), ``gate_warning`` when it flags the input; [] else.
     """
 
     path: str
@@ -204,12 +206,16 @@ def _forward(predictor: Predictor, batch: list[Record]) -> Iterator[Record]:
     if ok:
         t0 = time.perf_counter()
         prob, dist = predictor.predict_images(np.stack([r.x for r in ok]), batch_size=len(ok))
+        gate = getattr(predictor, "gate", None)
+        p_out = gate.scores([r.image for r in ok]) if gate is not None else None
         seconds = time.perf_counter() - t0
         for k, rec in enumerate(ok):
             rec.prob = prob[k]
             rec.ood_score = None if dist is None else float(dist[k])
             warns = rec.prediction.warnings
             rec.prediction = make_prediction(predictor.card, rec.name, rec.prob, rec.ood_score)
+            if p_out is not None and p_out[k] >= gate.threshold:
+                warns = [*warns, gate_warning(float(p_out[k]), gate.threshold)]
             rec.prediction.warnings = warns
             rec.seconds["predict"] = seconds
     yield from batch
@@ -287,6 +293,7 @@ class Predictor:
         self.model = loaded.model
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
+        self.gate = Gate.for_run(self.run_dir)  # the attached population gate (RUN/gate/), or None
         self._ood_mean = loaded.ood.get("mean")
         self._ood_precision = loaded.ood.get("precision")
         # chosen once: the forward path (predict_images) never asks which backend it has

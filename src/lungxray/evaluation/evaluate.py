@@ -404,9 +404,14 @@ def evaluate_run(
     )
 
     from lungxray.evaluation.shortcut import audit_shortcuts
+    from lungxray.gate import flagged_summary
+    from lungxray.ood import mahalanobis
 
     y_audit = m.targets if task == "binary" else np.zeros(len(m), int)
     body["shift"] = _shift(run_dir, loaded, feat, prob, task)
+    if card.ood is not None and "mean" in loaded.ood:  # the per-image OOD flag's share of this set
+        body["ood_flagged"] = float((mahalanobis(feat, loaded.ood["mean"], loaded.ood["precision"]) > card.ood.threshold).mean())
+    body["population_gate"] = flagged_summary(run_dir, m.paths, cache_dir or cfg.data.cache_dir)
     body.update(audit_shortcuts(run_dir, lungs, images, y_audit, list(m.paths), seed=cfg.train.seed))
     pred = card.decide(prob)
     _write_predictions(out_dir / "predictions.csv", m, prob, pred)
@@ -504,5 +509,9 @@ def render_summary(result: EvalResult, console: Console) -> None:
         )
     elif shift:
         console.print(f"[dim]set-level shift test skipped: {shift['skipped']}[/]")
+    gate = body.get("population_gate") or {}
+    if gate.get("n"):
+        console.print(f"[{'yellow' if gate['flagged'] else 'dim'}]population gate: {gate['flagged']} of {gate['n']} "
+                      f"images ({100 * gate['share']:.1f}%) unlike the training population[/]")  # fmt: skip
     console.print(f"report: [bold]{escape(str(result.report_path))}[/]")
     console.print(f"[italic]{DISCLAIMER}[/]")

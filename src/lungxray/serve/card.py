@@ -94,8 +94,23 @@ def external_evaluations(run_dir: Path) -> list[dict[str, Any]]:
             **{k: doc.get(k) for k in ("auc", "sensitivity", "specificity", "accuracy")},
             "shift_fired": shift.get("fired"),
             "shift_p": shift.get("p_value"),
+            "ood_flagged": doc.get("ood_flagged"),
+            "gate_flagged": (doc.get("population_gate") or {}).get("share"),
         })  # fmt: skip
     return out
+
+
+def population_gate(run_dir: Path) -> dict[str, Any] | None:
+    """The attached population gate's record (``RUN/gate/gate.json``) with a plain note, or None."""
+    from lungxray.gate import GATE_DIR, GATE_RECORD
+
+    path = Path(run_dir) / GATE_DIR / GATE_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {**record, "note": "a second classifier that tells films of the training population from films "
+            "of other populations; a flagged image gets a warning, its score is not validated for it"}  # fmt: skip
 
 
 def _limitations(card: RunCard, training: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
@@ -168,6 +183,7 @@ def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
         "test_metrics": metrics,
         "shortcut_audit": shortcut_summary(metrics),
         "external": external_evaluations(run_dir),
+        "population_gate": population_gate(run_dir),
         "intended_use": INTENDED_USE,
         "limitations": _limitations(run_card, training, metrics),
         "disclaimer": run_card.disclaimer or DISCLAIMER,

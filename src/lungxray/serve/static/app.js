@@ -208,9 +208,18 @@
         const parts = [["sensitivity", "sensitivity"], ["specificity", "specificity"], ["auc", "AUC"]]
           .map(([k, label]) => [label, metricText(e[k])]).filter(([, t]) => t).map(([label, t]) => `${label} ${t}`);
         const shift = e.shift_fired ? "; differs from the training data (shift test)" : "";
-        list.append(el("li", {}, `${e.name} (n = ${e.n}): ${parts.join(", ") || "no binary rates"}${shift}`));
+        const pct = (v) => `${(100 * v).toFixed(0)}%`;
+        const flags = [[e.ood_flagged, "out-of-distribution"], [e.gate_flagged, "by the population gate"]]
+          .filter(([v]) => typeof v === "number").map(([v, label]) => `${pct(v)} flagged ${label}`);
+        const flagged = flags.length ? `; ${flags.join(", ")}` : "";
+        list.append(el("li", {}, `${e.name} (n = ${e.n}): ${parts.join(", ") || "no binary rates"}${shift}${flagged}`));
       }
       body.append(el("h3", {}, "Other data sets (external, at the same threshold)"), list);
+    }
+    if (c.population_gate) {
+      const g = c.population_gate;
+      body.append(el("h3", {}, "Population gate"), el("p", {},
+        `Attached: ${g.note} (threshold ${Number(g.threshold).toFixed(2)}, ${g.strategy}; trained on ${g.trained_on || "?"}).`));
     }
     body.append(el("h3", {}, "Intended use"), el("p", {}, c.intended_use));
     const lim = el("ul", {});

@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 DATA   ?= ../shared/data/chest_xray
 RUN    ?= runs/cpu-default
+OUTSIDE ?= ../shared/data/nih_sample/images
 BIN    := $(VENV)/bin
 
 .PHONY: install demo test test-slow test-browser lint bench clean
@@ -17,8 +18,11 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	rm -rf $(RUN)
+	rm -rf $(RUN) $(RUN)-gate
 	$(BIN)/lungxray train $(DATA) --config configs/cpu-default.yaml --out $(RUN)
+	@# the population gate (docs/gate.md): flags films unlike the training population, if OUTSIDE exists
+	if [ -d "$(OUTSIDE)" ]; then $(BIN)/lungxray train-gate $(DATA) --outside $(OUTSIDE) --out $(RUN)-gate \
+		&& $(BIN)/lungxray attach-gate $(RUN) --gate $(RUN)-gate; fi
 	$(BIN)/lungxray evaluate $(RUN) --split test
 
 test: install

@@ -242,6 +242,12 @@ def external_sets(data_root: Path, max_images: int | None) -> dict[str, tuple[li
     return out
 
 
+def _gate_sha1(run: Path) -> str | None:
+    """The sha1 of the population gate attached to ``run`` (None without one): part of a cache key."""
+    record = run / "gate" / "gate.json"
+    return json.loads(record.read_text()).get("sha1") if record.is_file() else None
+
+
 def external_part(run: Path, card: Any, data_root: Path, n_boot: int, max_images: int | None,
                   cache_dir: str | None) -> dict[str, Any]:  # fmt: skip
     """Specificity on lung_masks' normal films and sensitivity on hannover_covid19 at the stored threshold,
@@ -267,9 +273,19 @@ def external_part(run: Path, card: Any, data_root: Path, n_boot: int, max_images
         lo, hi = bootstrap_ci(np.mean, hit, groups=np.asarray(groups)[ok], n=n_boot, seed=0)
         t_ood = None if card.ood is None else card.ood.threshold
         metric = "specificity" if label == 0 else "sensitivity"
+        ood = None if dist is None or t_ood is None else dist > t_ood
         out[name] = {metric: {"value": float(hit.mean()), "ci_low": lo, "ci_high": hi}, "n": len(ok),
                      "n_patients": len(set(np.asarray(groups)[ok])), "unreadable": len(paths) - len(ok),
-                     "ood_rate": None if dist is None or t_ood is None else float(np.mean(dist > t_ood))}  # fmt: skip
+                     "ood_rate": None if ood is None else float(np.mean(ood))}  # fmt: skip
+        if predictor.gate is not None:  # the attached population gate (lungxray.gate), on the same films
+            gate = predictor.gate
+            g = cache_images([paths[i] for i in ok], gate.card.input_size, resize=gate.card.resize,
+                             cache_dir=cache_dir, progress=False, preprocessor=gate.preprocessor)  # fmt: skip
+            gated = gate.flags(gate.scores_of_inputs(np.asarray(g.images)))
+            either = gated | (ood if ood is not None else False)
+            out[name].update({"gate_rate": float(gated.mean()), "flagged_rate": float(either.mean()),
+                              f"{metric}_unflagged": float(hit[~either].mean()) if (~either).any() else None,
+                              "n_unflagged": int((~either).sum())})  # fmt: skip
     return qt_clean(out)
 
 
@@ -315,7 +331,8 @@ def run_one(dataset: str, recipe: str, recipe_path: Path, seed: int, a: argparse
         key = {"lungs": str(Path(a.lungs).resolve()), "n_boot": a.shortcut_boot}
         shortcut = _cache(q / "shortcut.json", lambda: shortcut_part(run, a.lungs, a.shortcut_boot), key)
     if dataset == "chest_xray":
-        key = {"data": str(a.data.resolve()), "max_images": a.max_external, "n_boot": n_boot}
+        key = {"data": str(a.data.resolve()), "max_images": a.max_external, "n_boot": n_boot,
+               "gate": _gate_sha1(run)}  # fmt: skip
         external = _cache(q / "external.json", lambda: external_part(run, card, a.data, n_boot, a.max_external,
                                                                       have.data.cache_dir), key)  # fmt: skip
     else:

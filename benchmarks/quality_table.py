@@ -76,7 +76,8 @@ BINARY = ("auc", "accuracy", "sensitivity", "specificity", "f1", "accuracy_at05"
 MULTICLASS = ("accuracy", "macro_f1", "macro_auc", "macro_recall")
 SHORTCUT = ("cam_in_lungs", "cam_bottom_ratio", "auc_plain", "auc_lungs_blanked", "auc_only_lungs")
 EXTERNAL = ("ext_lung_masks_specificity", "ext_lung_masks_ood_rate", "ext_hannover_sensitivity",
-            "ext_hannover_ood_rate")  # fmt: skip
+            "ext_hannover_ood_rate", "ext_lung_masks_flagged_rate", "ext_hannover_flagged_rate",
+            "ext_lung_masks_specificity_unflagged", "ext_hannover_sensitivity_unflagged")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ per run
@@ -129,6 +130,9 @@ def flatten(result: dict[str, Any]) -> tuple[dict[str, float | None], dict[str, 
         if metric in part:
             entries[f"{key}_{metric}"] = part[metric]
             entries[f"{key}_ood_rate"] = part.get("ood_rate")
+            if part.get("flagged_rate") is not None:  # a population gate was attached (lungxray.gate)
+                entries[f"{key}_flagged_rate"] = part["flagged_rate"]
+                entries[f"{key}_{metric}_unflagged"] = part.get(f"{metric}_unflagged")
     values = {k: _value(v) for k, v in entries.items()}
     cis = {k: c for k, v in entries.items() if (c := _ci(v)) is not None}
     return values, cis
@@ -331,6 +335,17 @@ def render_markdown(
         )  # fmt: skip
     else:
         out += ["Not computed yet.", ""]
+    gated = [r for r in ext if r.get("ext_lung_masks_flagged_rate_mean") is not None]
+    if gated:
+        out += ["With the population gate attached (`lungxray attach-gate`, docs/gate.md): the share of films",
+                "flagged by the OOD check OR the gate, and the rate on the films left unflagged.", ""]
+        out += _table(
+            ["recipe", "lung_masks normal: flagged", "specificity of the unflagged", "hannover: flagged",
+             "sensitivity of the unflagged"],
+            [f"| {r['recipe']} | {fmt(r, 'ext_lung_masks_flagged_rate', pct=True)} | "
+             f"{fmt(r, 'ext_lung_masks_specificity_unflagged')} | {fmt(r, 'ext_hannover_flagged_rate', pct=True)} | "
+             f"{fmt(r, 'ext_hannover_sensitivity_unflagged')} |" for r in gated],
+        )  # fmt: skip
 
     out += ["### covid19 (3 classes; test with the cross-split duplicates kept / removed)", ""]
     lines = []

@@ -142,6 +142,7 @@ def test_evaluate_reports_the_flagged_share_and_the_model_card_shows_it(gated_ru
     flags = gate.flags(gate.scores([read_image(f) for f in sorted(ext.glob("*.png"))]))
     assert got["n"] == 30 and got["flagged"] == int(flags.sum())
     assert 0.0 <= res.metrics["ood_flagged"] <= 1.0
+    assert f"{got['flagged']} of 30" in res.report_path.read_text()  # the report says it too
     card = model_card(gated_run, RunCard.read(gated_run))
     assert card["population_gate"]["sha1"] == got["sha1"]
     (entry,) = [e for e in card["external"] if e["n"] == 30]

@@ -254,8 +254,15 @@ def _shift_section(m: dict) -> str:
         "model was trained and calibrated on; its threshold and its OOD flags may not hold here.</div>"
         if sh.get("fired") else ""
     )
+    gate = m.get("population_gate") or {}
+    flags = (
+        f"<p>Flagged per image: {100 * m['ood_flagged']:.1f}% by the OOD check" if m.get("ood_flagged") is not None else "<p>"
+    ) + (
+        f"; {gate['flagged']} of {gate['n']} ({100 * gate['share']:.1f}%) by the population gate, as unlike the "
+        "films the model was trained on (docs/gate.md).</p>" if gate.get("n") else ".</p>"
+    )
     return (
-        "<h2>Does this set differ from the training data?</h2>"
+        "<h2>Does this set differ from the training data?</h2>" + flags +
         f"<p>{_e(sh['summary'])}. Two-sample Kolmogorov-Smirnov tests of the per-image OOD distance and "
         f"score against {_e(sh['n_ref'])} validation images (Bonferroni-combined p = {sh['p_value']:.2g}, "
         f"fires below {sh['alpha']}).</p>{verdict}"

@@ -117,10 +117,11 @@ def test_occlusion_label_inside_lungs_reads_the_lungs():
     assert "ci" not in out["plain"] and out["fill"] == "mean"
 
 
-def test_auc_table_single_class_is_nan_with_positive_rate():
+def test_auc_table_single_class_has_no_auc_but_a_positive_rate_and_is_strict_json():
     with pytest.warns(UserWarning, match="both classes"):
         out = auc_table({"plain": np.array([0.2, 0.8, 0.9])}, np.zeros(3), threshold=0.5)
-    assert np.isnan(out["plain"]["auc"])
+    assert out["plain"]["auc"] is None  # e.g. a site's normal films only (evaluate --data, --lungs)
+    json.dumps(out, allow_nan=False)  # what metrics.json is written with
     assert out["plain"]["positive_rate"] == pytest.approx(2 / 3)
     assert out["n"] == 3 and out["n_pos"] == 0
 

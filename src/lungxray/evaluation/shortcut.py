@@ -155,7 +155,7 @@ def auc_table(
 
     Args:
         scores: condition -> (N,) positive-class scores (``plain`` first for the deltas).
-        y: (N,) 0/1 labels. With a single class the AUCs are NaN (a warning says so) and only the
+        y: (N,) 0/1 labels. With a single class the AUCs are None (a warning says so) and only the
             mean score and the positive rate are informative.
         groups: patient id per image; resamples draw patients (all their images); default one per image.
         threshold: the run's operating threshold; adds ``positive_rate`` (share of images called positive).
@@ -167,7 +167,7 @@ def auc_table(
     y = np.asarray(y).astype(int).reshape(-1)
     single = len(np.unique(y)) < 2
     if single:
-        warnings.warn("occlusion AUC needs both classes; this set has one, so AUC is NaN.", stacklevel=2)
+        warnings.warn("occlusion AUC needs both classes; this set has one, so there is no AUC.", stacklevel=2)
     weights = None
     if not single and n_boot > 0:
         weights = np.concatenate(list(bootstrap_weights(len(y), groups=groups, n=n_boot, seed=seed)))
@@ -175,9 +175,11 @@ def auc_table(
     out: dict[str, Any] = {}
     for cond, s in scores.items():
         s = np.asarray(s, np.float64).reshape(-1)
-        row: dict[str, Any] = {"auc": float(_auc(y, s)), "mean_score": float(s.mean()) if len(s) else float("nan")}
+        # one class: no AUC (None, JSON null: metrics.json is strict JSON); the mean score still speaks
+        row: dict[str, Any] = {"auc": None if single else float(_auc(y, s)),
+                               "mean_score": float(s.mean()) if len(s) else None}  # fmt: skip
         if threshold is not None:
-            row["positive_rate"] = float((s >= threshold).mean()) if len(s) else float("nan")
+            row["positive_rate"] = float((s >= threshold).mean()) if len(s) else None
         if weights is not None:
             boot[cond] = np.asarray(_auc(y, s, weights), np.float64)
             row["ci"] = _ci(boot[cond])

@@ -199,3 +199,32 @@ def inject_prediction_warning(monkeypatch, text: str) -> None:
         return out
 
     monkeypatch.setattr(service, "_analyze", with_warning)
+
+
+def gate_sets(root: Path, n_in: int = 60, n_out: int = 60) -> tuple[Path, Path]:
+    """An inside data folder (train/ and test/ class folders of real Kermany films, symlinked) and an
+    outside folder of real NIH adult films, for a population gate (``lungxray.gate``)."""
+    nih = DATA_ROOT / "nih_sample" / "images"
+    require_data()
+    require_data(nih)
+    inside, outside = root / "inside", root / "outside"
+    for split, per_class in (("train", n_in // 2), ("test", 5)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (inside / split / cls).mkdir(parents=True)
+            for f in sorted((CHEST_XRAY / split / cls).glob("*.jpeg"))[:per_class]:
+                (inside / split / cls / f.name).symlink_to(f)
+    outside.mkdir()
+    for f in sorted(nih.glob("*.png"))[:n_out]:
+        (outside / f.name).symlink_to(f)
+    return inside, outside
+
+
+def tiny_gate(root: Path, cache_dir: Path) -> Path:
+    """A population gate trained 3 epochs at 32 px on 60 Kermany vs 60 NIH films (a few seconds): real
+    plumbing, not a gate to rely on."""
+    from lungxray.training.gate import train_gate
+
+    inside, outside = gate_sets(root)
+    over = {"data.size": 32, "train.epochs": 3, "train.batch_size": 16, "model.kwargs": {"width": 4},
+            "data.cache_dir": str(cache_dir), "eval.bootstrap": 20, "train.threads": 1}  # fmt: skip
+    return train_gate(inside, [outside], root / "run", overrides=over, progress=False)

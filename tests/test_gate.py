@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CHEST_XRAY, DATA_ROOT, require_data
+from conftest import CHEST_XRAY, DATA_ROOT, gate_sets, require_data, tiny_gate
 from lungxray.errors import DataError, RunError
 from lungxray.gate import GATE_DIR, GATE_STRATEGY, INSIDE, OUTSIDE, Gate, attach_gate, gate_warning
 
@@ -19,33 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NIH = DATA_ROOT / "nih_sample" / "images"
 
 
-def small_sets(root: Path, n_in: int = 60, n_out: int = 60) -> tuple[Path, Path]:
-    """An inside data folder (train/ and test/ class folders of real Kermany films, symlinked) and an
-    outside folder of real NIH films."""
-    require_data()
-    require_data(NIH)
-    inside, outside = root / "inside", root / "outside"
-    for split, per_class in (("train", n_in // 2), ("test", 5)):
-        for cls in ("NORMAL", "PNEUMONIA"):
-            (inside / split / cls).mkdir(parents=True)
-            for f in sorted((CHEST_XRAY / split / cls).glob("*.jpeg"))[:per_class]:
-                (inside / split / cls / f.name).symlink_to(f)
-    outside.mkdir()
-    for f in sorted(NIH.glob("*.png"))[:n_out]:
-        (outside / f.name).symlink_to(f)
-    return inside, outside
-
-
 @pytest.fixture(scope="module")
 def gate_run(tmp_path_factory, cache_dir) -> Path:
-    """A gate trained for 3 epochs at 32 px on 60 Kermany vs 60 NIH films (a few seconds)."""
-    from lungxray.training.gate import train_gate
-
-    root = tmp_path_factory.mktemp("gate")
-    inside, outside = small_sets(root)
-    over = {"data.size": 32, "train.epochs": 3, "train.batch_size": 16, "model.kwargs": {"width": 4},
-            "data.cache_dir": str(cache_dir), "eval.bootstrap": 20, "train.threads": 1}  # fmt: skip
-    return train_gate(inside, [outside], root / "run", overrides=over, progress=False)
+    return tiny_gate(tmp_path_factory.mktemp("gate"), cache_dir)
 
 
 @pytest.fixture()
@@ -156,7 +132,7 @@ def test_a_gate_from_a_few_hundred_films_flags_adult_films_and_spares_the_pediat
     from lungxray.data.imageio import read_image
     from lungxray.training.gate import train_gate
 
-    inside, outside = small_sets(tmp_path, 200, 200)
+    inside, outside = gate_sets(tmp_path, 200, 200)
     run = train_gate(inside, [outside], tmp_path / "gate", progress=False,
                      overrides={"data.cache_dir": str(cache_dir), "train.threads": 1})  # fmt: skip
     gate = Gate(run)

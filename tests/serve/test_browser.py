@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHEST_XRAY, inject_prediction_warning, random_lung_run, require_data
+from conftest import CHEST_XRAY, inject_prediction_warning, random_lung_run, require_data, tiny_gate
 
 pytestmark = pytest.mark.browser
 
@@ -233,6 +233,9 @@ def test_model_card_shows_the_shortcut_audit_and_external_sets(browser, tiny_run
     site.mkdir(parents=True)
     for f in sorted((CHEST_XRAY / "test" / "NORMAL").glob("*.jpeg"))[-6:]:
         shutil.copy(f, site / f.name)
+    from lungxray.gate import attach_gate
+
+    attach_gate(tiny_gate(tmp_path / "gate", tmp_path / "cache"), run)  # a population gate (docs/gate.md)
     with pytest.warns(Warning):  # one class: AUC undefined, and said so
         evaluate_run(run, data=site.parent, n_boot=20, progress=False)
     with serving(create_app(run)) as url:
@@ -242,5 +245,7 @@ def test_model_card_shows_the_shortcut_audit_and_external_sets(browser, tiny_run
         sync_api.expect(card).to_contain_text("AUC with the lung fields blanked")
         sync_api.expect(card).to_contain_text("Other data sets (external, at the same threshold)")
         sync_api.expect(card).to_contain_text("site_b-all (n = 6): specificity")
+        sync_api.expect(card).to_contain_text("flagged by the population gate")
+        sync_api.expect(card).to_contain_text("Population gate")
         assert page.problems == []
         context.close()

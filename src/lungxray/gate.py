@@ -41,10 +41,13 @@ INSIDE, OUTSIDE = "inside", "outside"  # the gate's classes (sorted: OUTSIDE is 
 GATE_STRATEGY = "specificity>=0.99"  # at most ~1% of the population's validation films flagged
 
 
+GATE_WARNING_PREFIX = "unlike the population this model was trained on"
+
+
 def gate_warning(p_outside: float, threshold: float) -> str:
     """The warning a flagged input carries (CLI row, API ``warnings``, page banner)."""
     return (
-        f"unlike the population this model was trained on (population gate: {p_outside:.2f} >= "
+        f"{GATE_WARNING_PREFIX} (population gate: {p_outside:.2f} >= "
         f"{threshold:.2f}); its score is not validated for this image"
     )
 
@@ -173,3 +176,8 @@ def flagged_summary(run_dir: str | os.PathLike, paths: Sequence[str], cache_dir:
     n = int(len(flags))
     return {"n": n, "flagged": int(flags.sum()), "share": float(flags.mean()) if n else None,
             "threshold": gate.threshold, "sha1": gate.record().get("sha1")}  # fmt: skip
+
+
+def gate_flagged(warnings: Sequence[str]) -> bool:
+    """Whether a prediction's warnings include the population gate's."""
+    return any(w.startswith(GATE_WARNING_PREFIX) for w in warnings)

@@ -37,7 +37,7 @@ def test_render_parses_and_holds_expected_samples():
     mon.observe_request("/health", 503, 0.001)
     mon.set_queue_depth(3)
     mon.observe_prediction(12.0, False, 0.9)
-    mon.observe_prediction(40.0, True, 0.2)
+    mon.observe_prediction(40.0, True, 0.2, gate_flag=True)
     mon.observe_prediction(None, None, None)  # a run without OOD statistics, a failed image
     s = _samples(mon)
     assert s[("lungxray_requests_total", (("route", "/predict"), ("status", "200")))] == 2
@@ -47,6 +47,7 @@ def test_render_parses_and_holds_expected_samples():
     assert s[("lungxray_queue_depth", ())] == 3
     assert s[("lungxray_predictions_total", ())] == 3
     assert s[("lungxray_ood_flagged_total", ())] == 1
+    assert s[("lungxray_gate_flagged_total", ())] == 1
     assert s[("lungxray_score_count", ())] == 2
     assert s[("lungxray_score_bucket", (("le", "0.5"),))] == 1
     assert s[("lungxray_ood_distance_count", ())] == 2

@@ -44,6 +44,7 @@ from fastapi.staticfiles import StaticFiles
 from lungxray import DISCLAIMER, __version__
 from lungxray.data.imageio import SERVER_MAX_PIXELS, apply_pil_pixel_limit
 from lungxray.errors import ConfigError, ImageReadError
+from lungxray.gate import gate_flagged
 from lungxray.serve.card import model_card
 from lungxray.serve.guard import (
     LOOPBACK_HOSTS,
@@ -285,7 +286,7 @@ def create_app(
             if not handed_over:
                 service.release()
         pred = result.pop("prediction")
-        mon.observe_prediction(pred.ood_score, pred.ood, pred.score)
+        mon.observe_prediction(pred.ood_score, pred.ood, pred.score, gate_flagged(pred.warnings))
         timing = {k: round(v * 1000, 1) for k, v in result.pop("timing").items()}
         timing["total"] = round((time.perf_counter() - start) * 1000, 1)
         predictor = service.predictors[0]

@@ -11,7 +11,7 @@ Wiring it into an app takes a few lines::
     def metrics(): body, ctype = mon.render(); return Response(body, media_type=ctype)
 
 Exported series (prefix ``lungxray_``): ``requests_total{route,status}``, ``request_seconds{route}``
-(histogram), ``queue_depth``, ``predictions_total``, ``ood_flagged_total`` (OOD rate =
+(histogram), ``queue_depth``, ``predictions_total``, ``ood_flagged_total``, ``gate_flagged_total`` (OOD rate =
 ood_flagged_total / predictions_total), ``score`` and ``ood_distance`` (histograms), ``drift``
 (1 while the drift check fires, else 0) and ``drift_p_value``.
 """
@@ -51,6 +51,9 @@ class Monitoring:
         self.queue_depth = Gauge(f"{p}_queue_depth", "Images waiting for the model", registry=r)
         self.predictions = Counter(f"{p}_predictions", "Images predicted", registry=r)
         self.ood_flagged = Counter(f"{p}_ood_flagged", "Images flagged out of distribution", registry=r)
+        self.gate_flagged = Counter(
+            f"{p}_gate_flagged", "Images the population gate flagged as unlike the training population", registry=r
+        )
         self.scores = Histogram(
             f"{p}_score", "Model score of predicted images", buckets=SCORE_BUCKETS, registry=r
         )
@@ -73,12 +76,15 @@ class Monitoring:
         self.latency.labels(route=route).observe(max(0.0, float(seconds)))
 
     def observe_prediction(
-        self, ood_distance: float | None, ood_flag: bool | None, score: float | None
+        self, ood_distance: float | None, ood_flag: bool | None, score: float | None, gate_flag: bool = False
     ) -> None:
-        """Record one predicted image (None values, e.g. a run without OOD statistics, are skipped)."""
+        """Record one predicted image (None values, e.g. a run without OOD statistics, are skipped);
+        ``gate_flag``: the attached population gate flagged it (``lungxray.gate``)."""
         self.predictions.inc()
         if ood_flag:
             self.ood_flagged.inc()
+        if gate_flag:
+            self.gate_flagged.inc()
         if score is not None and math.isfinite(score):
             self.scores.observe(float(score))
         if ood_distance is not None and math.isfinite(ood_distance):

@@ -147,6 +147,11 @@ def test_an_image_without_lung_fields_is_predicted_with_a_warning(focus_run):
     assert pred.focus(xray).lungs == "fallback"
     (rec,) = predict_records(pred, [xray])
     assert rec.prediction.score is not None and NO_LUNGS_WARNING in rec.prediction.warnings
+    from lungxray.predict_stream import predict_to_csv, read_predictions_csv
+
+    out = focus_run.parent / "streamed.csv"
+    predict_to_csv(pred, [str(f) for f in sorted((CHEST_XRAY / "test" / "NORMAL").glob("*.jpeg"))[:2]], out)
+    assert all(NO_LUNGS_WARNING in r["warnings"] for r in read_predictions_csv(out))  # the streamed CSV says so too
 
 
 def test_shortcut_audit_of_a_masked_run_blanks_the_lungs_its_pipeline_found(masked_run, lung_dir):

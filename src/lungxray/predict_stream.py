@@ -104,12 +104,13 @@ def stream_records(
     """``predict_records`` for files at scale: decoding in worker processes, records in input order.
 
     Records carry ``x`` and the prediction but no decoded ``image`` (it stays in the worker). A run
-    with a population gate attached (which reads the decoded image) is predicted in this process
+    with a population gate attached (which reads the decoded image) or a lung-focused pipeline (whose
+    "no lungs found" warning the workers would not pass on) is predicted in this process
     (``predictor.records``) instead: the same records, decoded without workers.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
-    if getattr(predictor, "gate", None) is not None:
+    if getattr(predictor, "gate", None) is not None or predictor.preprocessor.needs_lungs:
         for rec in predictor.records(list(paths), batch_size=batch_size):
             rec.image = None  # as from the workers: the decoded image is not kept
             yield rec

@@ -325,27 +325,27 @@ def render_markdown(
     ]
     ext = [r for r in by["chest_xray"] if r.get("ext_lung_masks_specificity_mean") is not None
            or r.get("ext_hannover_sensitivity_mean") is not None]  # fmt: skip
+    def ext_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, bool, bool]]) -> list[str]:
+        """One row per recipe: (header, key, with CI, as percent) per column after the recipe."""
+        return _table(["recipe", *(c[0] for c in columns)],
+                      ["| " + " | ".join([r["recipe"], *(fmt(r, k, ci, pct) for _, k, ci, pct in columns)]) + " |"
+                       for r in rows])  # fmt: skip
+
     if ext:
-        out += _table(
-            ["recipe", "specificity, lung_masks normal films", "OOD-flagged", "sensitivity, hannover_covid19",
-             "OOD-flagged"],
-            [f"| {r['recipe']} | {fmt(r, 'ext_lung_masks_specificity', True)} | "
-             f"{fmt(r, 'ext_lung_masks_ood_rate', pct=True)} | {fmt(r, 'ext_hannover_sensitivity', True)} | "
-             f"{fmt(r, 'ext_hannover_ood_rate', pct=True)} |" for r in ext],
-        )  # fmt: skip
+        out += ext_table(ext, [("specificity, lung_masks normal films", "ext_lung_masks_specificity", True, False),
+                               ("OOD-flagged", "ext_lung_masks_ood_rate", False, True),
+                               ("sensitivity, hannover_covid19", "ext_hannover_sensitivity", True, False),
+                               ("OOD-flagged", "ext_hannover_ood_rate", False, True)])  # fmt: skip
     else:
         out += ["Not computed yet.", ""]
     gated = [r for r in ext if r.get("ext_lung_masks_flagged_rate_mean") is not None]
     if gated:
         out += ["With the population gate attached (`lungxray attach-gate`, docs/gate.md): the share of films",
                 "flagged by the OOD check OR the gate, and the rate on the films left unflagged.", ""]
-        out += _table(
-            ["recipe", "lung_masks normal: flagged", "specificity of the unflagged", "hannover: flagged",
-             "sensitivity of the unflagged"],
-            [f"| {r['recipe']} | {fmt(r, 'ext_lung_masks_flagged_rate', pct=True)} | "
-             f"{fmt(r, 'ext_lung_masks_specificity_unflagged')} | {fmt(r, 'ext_hannover_flagged_rate', pct=True)} | "
-             f"{fmt(r, 'ext_hannover_sensitivity_unflagged')} |" for r in gated],
-        )  # fmt: skip
+        out += ext_table(gated, [("lung_masks normal: flagged", "ext_lung_masks_flagged_rate", False, True),
+                                 ("specificity of the unflagged", "ext_lung_masks_specificity_unflagged", False, False),
+                                 ("hannover: flagged", "ext_hannover_flagged_rate", False, True),
+                                 ("sensitivity of the unflagged", "ext_hannover_sensitivity_unflagged", False, False)])  # fmt: skip
 
     out += ["### covid19 (3 classes; test with the cross-split duplicates kept / removed)", ""]
     lines = []

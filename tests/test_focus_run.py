@@ -38,40 +38,34 @@ def lung_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def focus_run(tmp_path_factory, lung_dir, cache_dir) -> Path:
-    """A 32 px, 1-epoch run on 40 images with the lung crop, marker suppression and CLAHE."""
+def tiny_lung_run(tmp_path_factory, lung_dir, cache_dir, name: str, **data) -> Path:
+    """A 32 px, 1-epoch run on 40 images with the lung options ``data`` (``data.*`` keys, without prefix)."""
     from lungxray.config import load_config
     from lungxray.training import train
 
     require_data()
-    out = tmp_path_factory.mktemp("runs") / "focus"
+    out = tmp_path_factory.mktemp("runs") / name
     cfg = load_config(None, {
-        "name": "focus", "out": str(out), "data.path": str(CHEST_XRAY), "data.max_images": 40,
+        "name": name, "out": str(out), "data.path": str(CHEST_XRAY), "data.max_images": 40,
         "data.size": 32, "data.cache_dir": str(cache_dir), "model.kwargs": {"width": 4},
-        "train.epochs": 1, "train.batch_size": 16, "eval.bootstrap": 50,
-        "data.lungs": str(lung_dir), "data.crop": "lungs", "data.suppress_markers": True, "data.window": "clahe",
+        "train.epochs": 1, "train.batch_size": 16, "eval.bootstrap": 50, "data.lungs": str(lung_dir),
+        **{f"data.{k}": v for k, v in data.items()},
     })  # fmt: skip
     train(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def focus_run(tmp_path_factory, lung_dir, cache_dir) -> Path:
+    """The lung crop, marker suppression and CLAHE."""
+    return tiny_lung_run(tmp_path_factory, lung_dir, cache_dir, "focus", crop="lungs", suppress_markers=True,
+                         window="clahe")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def masked_run(tmp_path_factory, lung_dir, cache_dir) -> Path:
-    """A 32 px, 1-epoch run on 40 images with everything outside the lung fields set to 0."""
-    from lungxray.config import load_config
-    from lungxray.training import train
-
-    require_data()
-    out = tmp_path_factory.mktemp("runs") / "masked"
-    cfg = load_config(None, {
-        "name": "masked", "out": str(out), "data.path": str(CHEST_XRAY), "data.max_images": 40,
-        "data.size": 32, "data.cache_dir": str(cache_dir), "model.kwargs": {"width": 4},
-        "train.epochs": 1, "train.batch_size": 16, "eval.bootstrap": 50,
-        "data.lungs": str(lung_dir), "data.mask_outside": True,
-    })  # fmt: skip
-    train(cfg, progress=False)
-    return out
+    """Everything outside the lung fields set to 0."""
+    return tiny_lung_run(tmp_path_factory, lung_dir, cache_dir, "masked", mask_outside=True)
 
 
 def test_run_carries_its_lung_model_and_card(focus_run, lung_dir):

@@ -72,6 +72,7 @@ def test_attach_copies_the_gate_and_leaves_the_classifier_untouched(tiny_run, ga
     record = attach_gate(gate_run, run)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert json.loads((run / GATE_DIR / "gate.json").read_text())["sha1"] == record["sha1"]
+    assert record["trained_on"].startswith("inside: ") and "outside" in record["trained_on"]
     assert Gate.for_run(run).threshold == Gate(gate_run).threshold
     assert Gate.for_run(tiny_run) is None or (tiny_run / GATE_DIR).is_dir()
 

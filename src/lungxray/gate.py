@@ -136,6 +136,16 @@ class Gate:
         return np.asarray(scores) >= self.threshold
 
 
+def _sources(gate_dir: str | os.PathLike) -> str | None:
+    """"inside ... vs outside ..." from the gate run's gate_sources.json (written by train_gate), or None."""
+    path = Path(gate_dir) / "gate_sources.json"
+    try:
+        d = json.loads(path.read_text())
+        return f"inside: {d['inside']}; outside: {', '.join(d['outside'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def attach_gate(gate_dir: str | os.PathLike, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Copy a gate run into ``run_dir/gate/`` with ``gate.json`` (sha1, source, date, threshold); the
     classifier's own files are not touched. Returns the record. RunError if ``gate_dir`` is no gate."""
@@ -154,7 +164,7 @@ def attach_gate(gate_dir: str | os.PathLike, run_dir: str | os.PathLike) -> dict
         "attached": datetime.now(UTC).isoformat(timespec="seconds"),
         "threshold": gate.threshold,
         "strategy": gate.card.threshold_strategy,
-        "trained_on": gate.card.training.data if gate.card.training else None,
+        "trained_on": _sources(gate_dir) or (gate.card.training.data if gate.card.training else None),
     }
     atomic_write_text(dest / GATE_RECORD, json.dumps(record, indent=2))
     return record

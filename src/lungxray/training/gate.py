@@ -11,6 +11,7 @@ classifier's test films stay unseen by its gate. About 80 s on one CPU thread fo
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from lungxray.errors import DataError
 from lungxray.gate import GATE_STRATEGY, INSIDE, OUTSIDE
 
 GATE_DATA = "gate_data.csv"
+GATE_SOURCES = "gate_sources.json"  # what the gate was trained on, for attach_gate's record
 GATE_RECIPE: dict[str, Any] = {  # the one place for the gate's defaults (CPU default network, 64 px)
     "name": "population-gate",
     "data.size": 64,
@@ -78,6 +80,8 @@ def train_gate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = gate_rows(inside, outside)
+    sources = {"inside": f"{inside} (all but its test split)", "outside": [str(o) for o in outside]}
+    (out / GATE_SOURCES).write_text(json.dumps(sources, indent=2))
     with open(out / GATE_DATA, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "patient"])

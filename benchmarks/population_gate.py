@@ -54,15 +54,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     return [float(c - h), float(c + h)]
 
 
-def score_paths(gate, paths: list[str]) -> np.ndarray:
-    from lungxray.data.cache import cache_images
-
-    c = cache_images(paths, gate.card.input_size, resize=gate.card.resize, progress=False,
-                     preprocessor=gate.preprocessor)  # fmt: skip
-    keep = np.flatnonzero(c.ok)
-    return gate.scores_of_inputs(np.stack([c.images[i] for i in keep]))
-
-
 def own_test(gate_dir: Path, gate) -> dict[str, list[str]]:
     """The gate run's own held-out test rows by label (inside / outside)."""
     with open(gate_dir / "splits.csv", newline="") as fh:
@@ -93,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, (paths, what) in sets.items():
             if not paths:
                 continue
-            rows.append(row(str(gate_dir), name, what, score_paths(gate, paths), gate.threshold))
+            rows.append(row(str(gate_dir), name, what, gate.scores_of_paths(paths)[0], gate.threshold))
             r = rows[-1]
             print(f"{gate_dir} {name:24s} n={r['n']:4d} flagged {r['flagged']:.3f} "
                   f"[{r['flagged_ci'][0]:.3f}, {r['flagged_ci'][1]:.3f}]", flush=True)  # fmt: skip

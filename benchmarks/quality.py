@@ -279,9 +279,7 @@ def external_part(run: Path, card: Any, data_root: Path, n_boot: int, max_images
                      "ood_rate": None if ood is None else float(np.mean(ood))}  # fmt: skip
         if predictor.gate is not None:  # the attached population gate (lungxray.gate), on the same films
             gate = predictor.gate
-            g = cache_images([paths[i] for i in ok], gate.card.input_size, resize=gate.card.resize,
-                             cache_dir=cache_dir, progress=False, preprocessor=gate.preprocessor)  # fmt: skip
-            gated = gate.flags(gate.scores_of_inputs(np.asarray(g.images)))
+            gated = gate.flags(gate.scores_of_paths([paths[i] for i in ok], cache_dir)[0])
             either = gated | (ood if ood is not None else False)
             out[name].update({"gate_rate": float(gated.mean()), "flagged_rate": float(either.mean()),
                               f"{metric}_unflagged": float(hit[~either].mean()) if (~either).any() else None,

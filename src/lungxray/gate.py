@@ -131,6 +131,17 @@ class Gate:
         """Decoded (H, W) float [0, 1] images -> P(outside) (N,) float32."""
         return self.scores_of_inputs(self.inputs(images))
 
+    def scores_of_paths(self, paths: Sequence[str], cache_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Files -> (P(outside) of the readable ones (M,), their indices into ``paths`` (M,)), decoded
+        through the image cache at the gate's own input size (unreadable files are left out)."""
+        from lungxray.data.cache import cache_images
+
+        c = cache_images(list(paths), self.card.input_size, resize=self.card.resize, cache_dir=cache_dir,
+                         progress=False, preprocessor=self.preprocessor)  # fmt: skip
+        keep = np.flatnonzero(c.ok)
+        x = np.stack([c.images[i] for i in keep]) if len(keep) else self.inputs([])
+        return self.scores_of_inputs(x), keep
+
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """(N,) bool: P(outside) at or above the gate's threshold."""
         return np.asarray(scores) >= self.threshold
@@ -173,16 +184,10 @@ def attach_gate(gate_dir: str | os.PathLike, run_dir: str | os.PathLike) -> dict
 def flagged_summary(run_dir: str | os.PathLike, paths: Sequence[str], cache_dir: str | None = None) -> dict[str, Any]:
     """The share of ``paths`` the run's attached gate flags, for ``metrics.json["population_gate"]``:
     ``{"n", "flagged", "share", "threshold", "sha1"}``; ``{"skipped": why}`` without a gate."""
-    from lungxray.data.cache import cache_images
-
     gate = Gate.for_run(run_dir)
     if gate is None:
         return {"skipped": "no population gate attached (lungxray attach-gate RUN --gate G)"}
-    c = cache_images(list(paths), gate.card.input_size, resize=gate.card.resize, cache_dir=cache_dir,
-                     progress=False, preprocessor=gate.preprocessor)  # fmt: skip
-    keep = np.flatnonzero(c.ok)
-    flags = gate.flags(gate.scores_of_inputs(np.stack([c.images[i] for i in keep]) if len(keep) else
-                                             np.zeros((0, gate.card.input_size, gate.card.input_size), np.uint8)))  # fmt: skip
+    flags = gate.flags(gate.scores_of_paths(paths, cache_dir)[0])
     n = int(len(flags))
     return {"n": n, "flagged": int(flags.sum()), "share": float(flags.mean()) if n else None,
             "threshold": gate.threshold, "sha1": gate.record().get("sha1")}  # fmt: skip

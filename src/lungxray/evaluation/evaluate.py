@@ -408,9 +408,10 @@ def evaluate_run(
     from lungxray.ood import mahalanobis
 
     y_audit = m.targets if task == "binary" else np.zeros(len(m), int)
-    body["shift"] = _shift(run_dir, loaded, feat, prob, task)
-    if card.ood is not None and "mean" in loaded.ood:  # the per-image OOD flag's share of this set
-        body["ood_flagged"] = float((mahalanobis(feat, loaded.ood["mean"], loaded.ood["precision"]) > card.ood.threshold).mean())
+    dist = mahalanobis(feat, loaded.ood["mean"], loaded.ood["precision"]) if "mean" in loaded.ood else None
+    body["shift"] = _shift(run_dir, loaded, dist, prob, task)
+    if card.ood is not None and dist is not None:  # the per-image OOD flag's share of this set
+        body["ood_flagged"] = float((dist > card.ood.threshold).mean())
     body["population_gate"] = flagged_summary(run_dir, m.paths, cache_dir or cfg.data.cache_dir)
     body.update(audit_shortcuts(run_dir, lungs, images, y_audit, list(m.paths), seed=cfg.train.seed))
     pred = card.decide(prob)
@@ -422,14 +423,13 @@ def evaluate_run(
     return EvalResult(run_dir, split, out_dir, body, report, time.perf_counter() - t0)
 
 
-def _shift(run_dir: Path, loaded: Any, feat: np.ndarray, prob: np.ndarray, task: str) -> dict[str, Any]:
-    """The set-level shift test of the evaluated images against the run's validation reference."""
+def _shift(run_dir: Path, loaded: Any, dist: np.ndarray | None, prob: np.ndarray, task: str) -> dict[str, Any]:
+    """The set-level shift test of the evaluated images (their OOD distances ``dist`` and scores) against
+    the run's validation reference."""
     from lungxray.calibrate import set_scores, set_shift
-    from lungxray.ood import mahalanobis
 
-    if "mean" not in loaded.ood:
+    if dist is None:
         return {"skipped": "the run has no OOD statistics, so no reference to compare with"}
-    dist = mahalanobis(feat, loaded.ood["mean"], loaded.ood["precision"])
     result = set_shift(run_dir, loaded, dist, set_scores(task, prob))
     if result is None:
         return {"skipped": "no validation reference (no splits.csv) or fewer than 5 images"}

@@ -1,7 +1,8 @@
 """Population gate: does this film come from the population the model was trained on?
 
 A pediatric model met adult films from other hospitals, ranked them worse than chance, and its
-Mahalanobis OOD score flagged only 16-35% of them: feature distance does not see "adult". The gate is
+Mahalanobis OOD score flagged on average 29% / 46% of lung_masks' / Hannover's adult films (CPU
+default, 3 seeds): feature distance does not see "adult". The gate is
 a second, small binary classifier trained to tell the training population's films (``inside``, e.g.
 Kermany's train split) from films of other populations (``outside``, e.g. the NIH ChestX-ray14 adult
 sample); its threshold is chosen on its own validation split with ``specificity>=0.99`` (at most ~1% of
@@ -37,6 +38,7 @@ from lungxray.errors import RunError
 GATE_DIR = "gate"  # RUN/gate/: the attached gate's model.json + model.safetensors + gate.json
 GATE_FILES = ("model.json", "model.safetensors")
 GATE_RECORD = "gate.json"
+GATE_SOURCES = "gate_sources.json"  # in a gate run: what it was trained on (written by train_gate)
 INSIDE, OUTSIDE = "inside", "outside"  # the gate's classes (sorted: OUTSIDE is the positive class)
 GATE_STRATEGY = "specificity>=0.99"  # at most ~1% of the population's validation films flagged
 
@@ -149,7 +151,7 @@ class Gate:
 
 def _sources(gate_dir: str | os.PathLike) -> str | None:
     """"inside ... vs outside ..." from the gate run's gate_sources.json (written by train_gate), or None."""
-    path = Path(gate_dir) / "gate_sources.json"
+    path = Path(gate_dir) / GATE_SOURCES
     try:
         d = json.loads(path.read_text())
         return f"inside: {d['inside']}; outside: {', '.join(d['outside'])}"

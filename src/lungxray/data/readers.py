@@ -42,7 +42,8 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
-def _images_under(folder: Path) -> list[str]:
+def images_under(folder: Path) -> list[str]:
+    """Every image file below ``folder`` (recursively, hidden names skipped), absolute, sorted."""
     return sorted(
         os.path.abspath(p)
         for p in folder.rglob("*")
@@ -76,7 +77,7 @@ def from_folders(root: str | os.PathLike, *, task: str | None = None, min_classe
     top = _subdirs(root_path)
     split_dirs = [d for d in top if d.name.lower() in SPLIT_ALIASES]
     if split_dirs:
-        others = [d.name for d in top if d not in split_dirs and _images_under(d)]
+        others = [d.name for d in top if d not in split_dirs and images_under(d)]
         if others:
             raise DataError(
                 f"{root}: found split folders {[d.name for d in split_dirs]} and also {others}; "
@@ -102,7 +103,7 @@ def from_folders(root: str | os.PathLike, *, task: str | None = None, min_classe
             )
         classes_here = {}
         for class_dir in _subdirs(folder):
-            images = _images_under(class_dir)
+            images = images_under(class_dir)
             if not images and split in ("", "train"):
                 raise DataError(
                     f"class folder {str(class_dir)!r} has no images (supported: png, jpg, tif, bmp, gif, dcm); "

@@ -17,14 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lungxray.data.imageio import is_image_path
 from lungxray.data.manifest import patient_id_from_name
-from lungxray.data.readers import from_folders
+from lungxray.data.readers import from_folders, images_under
 from lungxray.errors import DataError
-from lungxray.gate import GATE_STRATEGY, INSIDE, OUTSIDE
+from lungxray.gate import GATE_SOURCES, GATE_STRATEGY, INSIDE, OUTSIDE
 
 GATE_DATA = "gate_data.csv"
-GATE_SOURCES = "gate_sources.json"  # what the gate was trained on, for attach_gate's record
 GATE_RECIPE: dict[str, Any] = {  # the one place for the gate's defaults (CPU default network, 64 px)
     "name": "population-gate",
     "data.size": 64,
@@ -42,11 +40,6 @@ GATE_RECIPE: dict[str, Any] = {  # the one place for the gate's defaults (CPU de
 }
 
 
-def _images(folder: Path) -> list[str]:
-    return sorted(os.path.abspath(p) for p in folder.rglob("*") if p.is_file() and is_image_path(p)
-                  and not p.name.startswith("."))  # fmt: skip
-
-
 def gate_rows(inside: str | os.PathLike, outside: Sequence[str | os.PathLike]) -> list[tuple[str, str, str]]:
     """(path, "inside" | "outside", patient) rows: every image of ``inside`` (a class-folder data set)
     except its test split, and every image under each ``outside`` folder. Patients are prefixed by
@@ -56,7 +49,7 @@ def gate_rows(inside: str | os.PathLike, outside: Sequence[str | os.PathLike]) -
     if not rows:
         raise DataError(f"{inside}: no images outside its test split for the gate's inside set.")
     for i, folder in enumerate(outside):
-        files = _images(Path(folder))
+        files = images_under(Path(folder))
         if not files:
             raise DataError(f"{folder}: no image files for the gate's outside set.")
         rows += [(f, OUTSIDE, f"out{i}:{patient_id_from_name(f)}") for f in files]

@@ -60,6 +60,10 @@ def dataset(tmp_path) -> dict[str, Path]:
         "exact_b": _copy_as(root / "train/NORMAL/n00.jpeg", root / "test/NORMAL/copy.jpeg"),
         "near_a": root / "train/PNEUMONIA/p01.jpeg",
         "near_b": root / "test/PNEUMONIA/brighter.png",  # same X-ray, brightness +2, re-encoded
+        # a real copy: covid19's test/Normal/0101.jpeg is this Kermany film at 640 px with another contrast
+        # curve, phash 10 bits and Pearson r 0.95 apart (data.copies)
+        "gamma_a": _copy_as(CHEST / "test/NORMAL/NORMAL2-IM-0287-0001.jpeg", root / "train/NORMAL/kermany.jpeg"),
+        "gamma_b": _copy_as(CHEST.parent / "covid19/test/Normal/0101.jpeg", root / "test/NORMAL/covid19.jpeg"),
         "within_a": root / "train/NORMAL/n02.jpeg",
         "within_b": root / "train/NORMAL/smaller.jpeg",  # same X-ray, resized 224 -> 200
         "corrupt": root / "test/NORMAL/broken.jpeg",
@@ -92,41 +96,42 @@ def test_audit_finds_each_planted_problem(dataset, tmp_path):
     s = {k: str(v) for k, v in dataset.items()}
     report = audit(m, cache_dir=tmp_path / "cache", size=64, workers=2, progress=False)
 
-    assert report["n_images"] == len(m) == 30
+    assert report["n_images"] == len(m) == 32
     assert report["counts"] == {
-        "train": {"NORMAL": 9, "PNEUMONIA": 9},
-        "test": {"NORMAL": 6, "PNEUMONIA": 6},
+        "train": {"NORMAL": 10, "PNEUMONIA": 9},
+        "test": {"NORMAL": 7, "PNEUMONIA": 6},
     }
-    assert report["class_balance"]["all"] == {"NORMAL": 0.5, "PNEUMONIA": 0.5}
+    assert report["class_balance"]["all"] == {"NORMAL": round(17 / 32, 4), "PNEUMONIA": round(15 / 32, 4)}
     assert report["duplicates_across_splits"] == [
         [s["exact_a"], s["exact_b"], "exact"],
+        [s["gamma_a"], s["gamma_b"], "near"],  # found by ranks (data.copies), not by phash
         [s["near_a"], s["near_b"], "near"],
     ]
     assert report["duplicates_within_splits"] == [[s["within_a"], s["within_b"], "near"]]
     assert report["unreadable"] == [{"path": s["corrupt"], "reason": report["unreadable"][0]["reason"]}]
     assert "trunc" in report["unreadable"][0]["reason"].lower()
     assert report["patients_across_splits"] == {"person9001": ["test", "train"]}
-    assert report["sizes"]["width"] == {"min": 200, "median": 224.0, "max": 224}
-    assert report["modes"] == {"RGB": 28, "L": 1}
-    assert report["formats"] == {"JPEG": 28, "PNG": 1}
-    assert report["cache"]["built"] == 29 and report["cache"]["reused"] == 0
+    assert report["sizes"]["width"] == {"min": 200, "median": 224.0, "max": 640}
+    assert report["modes"] == {"RGB": 30, "L": 1}
+    assert report["formats"] == {"JPEG": 30, "PNG": 1}
+    assert report["cache"]["built"] == 31 and report["cache"]["reused"] == 0
     assert json.loads(json.dumps(report)) == report
 
     warm = audit(m, cache_dir=tmp_path / "cache", size=64, progress=False)
-    assert warm["cache"]["built"] == 0 and warm["cache"]["reused"] == 29
+    assert warm["cache"]["built"] == 0 and warm["cache"]["reused"] == 31
     assert warm["duplicates_across_splits"] == report["duplicates_across_splits"]
 
     console = Console(file=io.StringIO(), width=160, record=True)
     render_audit(report, console)
     text = console.export_text()
-    assert "LEAKAGE: 2 duplicate pairs across splits (1 exact, 1 near)" in text
+    assert "LEAKAGE: 3 duplicate pairs across splits (1 exact, 2 near)" in text
     assert "LEAKAGE: 1 patients in more than one split" in text
     assert "test/NORMAL/copy.jpeg" in text and "person9001" in text and "broken.jpeg" in text
 
 
 def test_clean_data_set_reports_nothing(dataset, tmp_path):
     root = dataset["root"]
-    for key in ("exact_b", "near_b", "within_b", "corrupt", "patient_test"):
+    for key in ("exact_b", "near_b", "gamma_b", "within_b", "corrupt", "patient_test"):
         dataset[key].unlink()
     report = audit(from_folders(root), cache_dir=tmp_path / "cache", size=32, progress=False)
     for key in ("duplicates_across_splits", "duplicates_within_splits", "unreadable"):

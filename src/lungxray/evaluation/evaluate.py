@@ -41,6 +41,7 @@ from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, ImageReadError, RunError, check_option
 from lungxray.evaluation import plots
 from lungxray.evaluation.metrics import evaluate_predictions
+from lungxray.evaluation.overlap import overlap_with_run
 from lungxray.evaluation.report import build_report, headline_rows
 from lungxray.focus import Preprocessor
 from lungxray.inference import predict_batches, probabilities_to_scores, resolve_device
@@ -145,16 +146,6 @@ def _eval_manifest(
     if len(part) == 0:  # no split folders of that name: every image is the evaluation set
         part, tag = m.with_splits([split] * len(m)), "all"
     return part, str(data), f"{_slug(Path(data).resolve().name)}-{tag}"
-
-
-def _training_overlap(run_dir: Path, paths: tuple[str, ...]) -> int:
-    """How many evaluated files were train/val images of the run (same resolved path)."""
-    path = run_dir / "splits.csv"
-    if not path.is_file():
-        return 0
-    with path.open(newline="", encoding="utf-8") as fh:
-        seen = {str(Path(r["path"]).resolve()) for r in csv.DictReader(fh) if r["split"] in ("train", "val")}
-    return sum(str(Path(p).resolve()) in seen for p in paths)
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -320,14 +311,12 @@ def evaluate_run(
     m, source, name = _eval_manifest(run_dir, card, cfg, data, split)
     out_dir = run_dir / "eval" / name
 
-    cached = cache_images(
-        m.paths,
-        card.input_size,
-        resize=card.resize,
-        cache_dir=cache_dir or cfg.data.cache_dir,
-        progress=progress,
-        preprocessor=Preprocessor.for_run(card, run_dir),  # RunError when RUN/lungs/ is missing
-    )
+    pre = Preprocessor.for_run(card, run_dir)  # RunError when RUN/lungs/ is missing
+    cache = {"resize": card.resize, "cache_dir": cache_dir or cfg.data.cache_dir, "preprocessor": pre}
+    cached = cache_images(m.paths, card.input_size, progress=progress, **cache)
+    # another data set may hold this run's own films under other names (evaluation.overlap)
+    overlap = (overlap_with_run(run_dir, m.paths, cached, size=card.input_size, **cache) if data is not None
+               else {"training": 0, "test": 0, "examples": []})  # fmt: skip
     unreadable = [{"path": p, "reason": r} for p, r in cached.errors.items()]
     if unreadable:
         console.print(f"[yellow]{len(unreadable)} unreadable image(s) skipped:[/]")
@@ -367,11 +356,15 @@ def evaluate_run(
             n_boot=n_boot, ci=cfg.eval.ci, seed=cfg.train.seed,
         )  # fmt: skip
     t_metrics = time.perf_counter()
-    overlap = _training_overlap(run_dir, m.paths) if data is not None else 0
-    if overlap:
+    if overlap["training"]:
         console.print(
-            f"[yellow]warning: {overlap} of the evaluated images were train/val images of this run; "
-            "these metrics are optimistic.[/]"
+            f"[yellow]warning: {overlap['training']} of the evaluated images are train/val images of this run "
+            "(the same file, or a copy of it); these metrics are optimistic.[/]"
+        )
+    if overlap["test"]:
+        console.print(
+            f"[yellow]warning: {overlap['test']} of the evaluated images are copies of this run's own test "
+            "split; this set is not independent of it.[/]"
         )
     seconds = t_metrics - t0
     body.update(
@@ -387,7 +380,9 @@ def evaluate_run(
         calibration=card.calibration.to_dict(),
         n_patients=len(set(m.patients)),
         unreadable=unreadable,
-        overlap_with_training=overlap,
+        overlap_with_training=overlap["training"],
+        overlap_with_test=overlap["test"],
+        overlap_examples=overlap["examples"],
         device=str(dev),
         seconds=round(seconds, 3),
         images_per_s=round(len(m) / seconds, 2) if seconds > 0 else None,
@@ -496,6 +491,10 @@ def render_summary(result: EvalResult, console: Console) -> None:
     if body.get("overlap_with_training"):
         console.print(
             f"[yellow]{body['overlap_with_training']} evaluated images were used in training/validation[/]"
+        )
+    if body.get("overlap_with_test"):
+        console.print(
+            f"[yellow]{body['overlap_with_test']} evaluated images are copies of the run's test split[/]"
         )
     console.print(
         f"{body.get('seconds', 0):.1f} s, {body.get('images_per_s') or 0:.0f} images/s on {body.get('device')}"

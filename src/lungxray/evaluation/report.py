@@ -233,7 +233,12 @@ def _data_section(card: RunCard, m: dict) -> str:
     if m.get("overlap_with_training"):
         parts.append(
             f'<div class="warn">{_e(m["overlap_with_training"])} of the evaluated images were used to train or '
-            "validate this model; the metrics below are optimistic.</div>"
+            "validate this model (the same file, or a copy of it); the metrics below are optimistic.</div>"
+        )
+    if m.get("overlap_with_test"):
+        parts.append(
+            f'<div class="warn">{_e(m["overlap_with_test"])} of the evaluated images are copies of this '
+            "model's own test split: this set is not independent of it.</div>"
         )
     return "".join(parts)
 

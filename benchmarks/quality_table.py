@@ -347,7 +347,13 @@ def render_markdown(
                                  ("hannover: flagged", "ext_hannover_flagged_rate", False, True),
                                  ("sensitivity of the unflagged", "ext_hannover_sensitivity_unflagged", False, False)])  # fmt: skip
 
-    out += ["### covid19 (3 classes; test with the cross-split duplicates kept / removed)", ""]
+    out += ["### covid19 (3 classes; test with the cross-split duplicates kept / removed)", "",
+            "Read with care: every Normal and Viral Pneumonia film of this set is a Kermany (pediatric, "
+            "Guangzhou) film, most from Kermany's official test split, while the Covid films are adults' "
+            "from other sources, so \"Covid vs the rest\" is also \"adult elsewhere vs child in Guangzhou\" "
+            "(docs/benchmarks.md, \"covid19 is made of Kermany films\"). Duplicates removed: the test films that "
+            "`lungxray audit` pairs with a train film (by hash, or by rank correlation for re-contrasted copies).",
+            ""]  # fmt: skip
     lines = []
     for r in by["covid19"]:
         classes = r.get("classes") or []

@@ -188,7 +188,7 @@ def calibrate(
         bool, Opt("--unlabeled", help="--data has no labels: estimate its prevalence and adjust for it.")
     ] = False,
     strategy: Annotated[
-        str | None, Opt(help="youden | max-f1 | sensitivity>=X | specificity>=X | sensitivity~X | specificity~X | 0.5 (default: the run's).")
+        str | None, Opt(help="youden | max-f1 | sensitivity>=X | specificity>=X | 0.5 (default: the run's).")
     ] = None,
     out: Annotated[str | None, Opt(help="The NEW run directory (default: RUN-site / RUN-recalibrated).")] = None,
     name: Annotated[str | None, Opt(help="Name of the new calibration entry.")] = None,

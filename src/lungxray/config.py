@@ -25,9 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle")
 BALANCE = ("none", "weights", "sampler")
 TRANSFER = ("finetune", "freeze", "freeze-then-finetune")
-THRESHOLD_STRATEGIES = (
-    "0.5", "youden", "max-f1", "sensitivity>=X", "specificity>=X", "sensitivity~X", "specificity~X",
-)  # fmt: skip
+THRESHOLD_STRATEGIES = ("0.5", "youden", "max-f1", "sensitivity>=X", "specificity>=X")
 MONITORS = ("auc", "loss", "accuracy", "f1")
 MAX_TTA_VIEWS = 7  # len(lungxray.models.tta.VIEWS)
 
@@ -230,19 +228,17 @@ class Config:
 
 
 def parse_threshold_strategy(text: str) -> tuple[str, float | None]:
-    """``"sensitivity>=0.95"`` -> ``("sensitivity", 0.95)``; ``"sensitivity~0.95"`` (aim at 0.95) ->
-    ``("sensitivity~", 0.95)``; ``"youden"`` -> ``("youden", None)``."""
+    """``"sensitivity>=0.95"`` -> ``("sensitivity", 0.95)``; ``"youden"`` -> ``("youden", None)``."""
     text = str(text).strip()
     for kind in ("sensitivity", "specificity"):
-        for op, name in ((">=", kind), ("~", kind + "~")):
-            if text.startswith(kind + op):
-                try:
-                    value = float(text[len(kind) + len(op) :])
-                except ValueError:
-                    value = -1.0
-                if not 0.0 < value <= 1.0:
-                    raise ConfigError(f"threshold {text!r}: the target after {op!r} must be in (0, 1].")
-                return name, value
+        if text.startswith(kind + ">="):
+            try:
+                value = float(text[len(kind) + 2 :])
+            except ValueError:
+                value = -1.0
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"threshold {text!r}: the target after '>=' must be in (0, 1].")
+            return kind, value
     if text in ("0.5", "youden", "max-f1"):
         return text, None
     check_option(text, THRESHOLD_STRATEGIES, "threshold strategy")

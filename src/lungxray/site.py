@@ -150,7 +150,7 @@ def required_sample(strategy: str) -> tuple[int, int]:
             f"{strategy!r}: a target of 1 cannot be estimated from a finite sample; ask for e.g. {kind}>=0.99."
         )
     need = max(MIN_PER_CLASS, math.floor(2.0 / (1.0 - target) + 1e-9) + 1)
-    return (need, MIN_PER_CLASS) if kind.startswith("sensitivity") else (MIN_PER_CLASS, need)
+    return (need, MIN_PER_CLASS) if kind == "sensitivity" else (MIN_PER_CLASS, need)
 
 
 def check_sample_size(y: Any, strategy: str) -> None:

@@ -1,8 +1,7 @@
 """The operating threshold of a binary score, chosen on validation data by a named strategy.
 
 Strategies are parsed by ``lungxray.config.parse_threshold_strategy``: ``youden`` | ``max-f1`` |
-``0.5`` | ``sensitivity>=X`` | ``specificity>=X`` | ``sensitivity~X`` | ``specificity~X``. Positive means
-``score >= threshold``.
+``0.5`` | ``sensitivity>=X`` | ``specificity>=X``. Positive means ``score >= threshold``.
 """
 
 from __future__ import annotations
@@ -31,12 +30,6 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden", *, finit
       constraint).
     * ``"specificity>=X"``: the LOWEST threshold whose specificity >= X (best sensitivity under the
       constraint).
-    * ``"sensitivity~X"`` / ``"specificity~X"``: AIM at X instead of guaranteeing it: the Harrell-Davis
-      estimate of the positives' (1 - X)-quantile score (negatives' X-quantile), a Beta-weighted average
-      of all order statistics with less variance than any one of them (``harrell_davis``). On new
-      images the rate is X on average and below it about a third of the time with ~60 images of the
-      class, and the other rate is higher than under ``>=`` (docs/site-calibration.md, "aim or
-      guarantee"). With ``finite_sample=False`` they are the in-sample ``>=`` rule.
 
     ``finite_sample`` (default) makes the rate constraints hold for NEW images, in expectation, not only
     on the sample: with n positives the threshold at the k-th lowest positive score misses a new,
@@ -56,8 +49,6 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden", *, finit
         DataError: invalid labels or scores.
     """
     kind, target = parse_threshold_strategy(strategy)
-    if kind.endswith("~") and not finite_sample:
-        kind = kind[:-1]  # the oracle: the in-sample rule
     s = ck.scores_1d(score, probability=False)
     y = ck.labels_1d(y_true, len(s))
     if kind == "0.5":
@@ -72,10 +63,6 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden", *, finit
         )
         return 0.5
     probability = bool(s.min() >= 0.0 and s.max() <= 1.0)
-    if kind == "sensitivity~":  # positive when score >= t: about (1 - X) of positives fall below t
-        return harrell_davis(s[y == 1], 1.0 - float(target))
-    if kind == "specificity~":
-        return harrell_davis(s[y == 0], float(target))
     eps = 1e-12  # float tolerance on the rate constraints (e.g. 0.95 vs 19/20)
     if kind == "max-f1":
         precision, recall, thr = skm.precision_recall_curve(y, s)
@@ -109,20 +96,6 @@ def choose_threshold(y_true: Any, score: Any, strategy: str = "youden", *, finit
                         stacklevel=2,
                     )
     return float(np.clip(t, 0.0, 1.0)) if probability else t
-
-
-def harrell_davis(x: Any, q: float) -> float:
-    """The Harrell-Davis (1982) estimate of the ``q``-quantile of the sample ``x``: sum_i w_i x_(i) with
-    w_i = I_{i/n}(a, b) - I_{(i-1)/n}(a, b), a = q (n + 1), b = (1 - q)(n + 1) (regularised incomplete
-    Beta). Lies within [min(x), max(x)]; for probabilities, in [0, 1]."""
-    from scipy.stats import beta
-
-    xs = np.sort(np.asarray(x, dtype=np.float64).reshape(-1))
-    n = len(xs)
-    if n == 0:
-        raise ValueError("harrell_davis: empty sample")
-    w = np.diff(beta.cdf(np.arange(n + 1) / n, q * (n + 1), (1.0 - q) * (n + 1)))
-    return float(np.clip(w @ xs, xs[0], xs[-1]))
 
 
 def _finite_rate(rate: np.ndarray, n: int, target: float, strategy: str, finite_sample: bool) -> np.ndarray:

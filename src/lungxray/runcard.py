@@ -205,6 +205,7 @@ class TrainingSummary:
     csv: str | None = None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     unreadable: int = 0
+    copies_across_splits: int | None = None  # images of a later split that copy an earlier split's (leakage)
     epochs_run: int | None = None
     best_epoch: int | None = None
     best_val: dict[str, float] = field(default_factory=dict)

@@ -235,6 +235,12 @@ def _data_section(card: RunCard, m: dict) -> str:
             f'<div class="warn">{_e(m["overlap_with_training"])} of the evaluated images were used to train or '
             "validate this model (the same file, or a copy of it); the metrics below are optimistic.</div>"
         )
+    if card.training.copies_across_splits:
+        parts.append(
+            f'<div class="warn">When this model was trained, {_e(card.training.copies_across_splits)} image(s) '
+            "of its validation or test split were copies of images of an earlier split (leakage; "
+            "<code>lungxray audit</code> lists them): its own test figures are optimistic.</div>"
+        )
     if m.get("overlap_with_test"):
         parts.append(
             f'<div class="warn">{_e(m["overlap_with_test"])} of the evaluated images are copies of this '

@@ -236,7 +236,7 @@ class Calibrate(Callback):
         result = TrainResult.from_state(trainer.run_dir, state)
         card = training_card(
             c, trainer.m, fitted, in_chans=trainer.in_chans, unreadable=len(trainer.data.unreadable),
-            result=result, device=str(trainer.device),
+            copies=len(trainer.data.copies), result=result, device=str(trainer.device),
             parameters=int(sum(p.numel() for p in model.parameters())),
         )  # fmt: skip
         card.write(trainer.run_dir)

@@ -29,6 +29,8 @@ class PreparedData:
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason (reported, skipped)
     cache_stats: dict[str, float] = field(default_factory=dict)
     sha1s: tuple[str, ...] = ()  # content hash per manifest row (what a resumed run checks)
+    # [earlier-split path, later-split path] pairs that are the same radiograph (data.copies): leakage
+    copies: list[list[str]] = field(default_factory=list)
 
 
 def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
@@ -49,6 +51,23 @@ def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
 
 
 MAX_UNREADABLE = 0.01  # share of a split that may be unreadable (at least one file) before training refuses
+COPY_CHECK_MAX = 20_000  # images up to which training looks for copies across splits (O(N^2); audit does any N)
+
+
+def copies_across_splits(m: Manifest, images: np.ndarray | RowView | FileRows) -> list[list[str]]:
+    """[earlier, later] path pairs of ``m`` in different splits (train < val < test) that are the same
+    radiograph by the rank test of ``data.copies`` (re-encoded, resized or re-contrasted copies)."""
+    from lungxray.data.copies import copy_pairs
+    from lungxray.data.manifest import SPLITS
+
+    splits = np.asarray(m.splits)
+    pairs = []
+    for k, earlier in enumerate(SPLITS):
+        rows_e = np.flatnonzero(splits == earlier)
+        for later in SPLITS[k + 1 :]:
+            for i, j, _ in copy_pairs(images, images, np.flatnonzero(splits == later), rows_e):
+                pairs.append([m.paths[j], m.paths[i]])
+    return pairs
 
 
 def prepare_data(
@@ -94,6 +113,14 @@ def prepare_data(
     for split in ("train",) if cfg.train.folds >= 2 else ("train", "val"):
         if len(m.split(split)) == 0:
             raise DataError(f"the {split} split of {d.path} is empty; add images or lower data.val_fraction.")
+    copies = copies_across_splits(m, images) if len(m) <= COPY_CHECK_MAX else []
+    if copies and console:
+        a, b = copies[0]
+        console.print(
+            f"[bold red]LEAKAGE: {len(copies)} image(s) of a later split are copies of images of an earlier one "
+            f"(e.g. {escape(b)} = {escape(a)}); the test figures will be optimistic. "
+            "`lungxray audit` lists them all.[/]"
+        )
     stats = {
         "seconds": cached.build_seconds,
         "built": cached.built,
@@ -102,7 +129,7 @@ def prepare_data(
         "lung_fallbacks": fallbacks,
     }
     return PreparedData(
-        manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats, sha1s=sha1s
+        manifest=m, images=images, unreadable=dict(cached.errors), cache_stats=stats, sha1s=sha1s, copies=copies
     )
 
 

@@ -186,7 +186,8 @@ def train_kfold(
         threshold=cal.threshold if cal.threshold is not None else _as_list(cal.thresholds), history=[],
     )  # fmt: skip
     card = training_card(
-        cfg, m, fitted, in_chans=in_chans, unreadable=len(data.unreadable), result=result, device=str(device),
+        cfg, m, fitted, in_chans=in_chans, unreadable=len(data.unreadable), copies=len(data.copies),
+        result=result, device=str(device),
         parameters=int(sum(p.numel() for p in model.parameters())),
         ensemble={"k": k, **metrics, "temperature": cal.temperature, "per_fold": per_fold},
     )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import io
 import json
 import shutil
@@ -453,3 +454,9 @@ def test_model_card_reports_shortcut_audit_and_external_sets(tiny_run: Path, tmp
     assert e["name"] == ext["eval_name"] and e["n"] == 16
     assert e["specificity"]["value"] == pytest.approx(ext["specificity"]["value"])
     assert isinstance(e["shift_fired"], bool)
+    with (run / "splits.csv").open(newline="") as fh:  # films of the folder the run itself holds out as test
+        own_test = {r["path"] for r in csv.DictReader(fh) if r["split"] == "test"}
+    held = sum(str((CHEST_XRAY / "test" / c / f.name).resolve()) in own_test
+               for c in ("NORMAL", "PNEUMONIA") for f in (other / c).iterdir())  # fmt: skip
+    assert e["overlap_with_test"] == ext["overlap_with_test"] == held >= 1  # the run holds one of them out
+    assert e["overlap_with_training"] == ext["overlap_with_training"]

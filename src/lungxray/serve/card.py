@@ -96,6 +96,9 @@ def external_evaluations(run_dir: Path) -> list[dict[str, Any]]:
             "shift_p": shift.get("p_value"),
             "ood_flagged": doc.get("ood_flagged"),
             "gate_flagged": (doc.get("population_gate") or {}).get("share"),
+            # the run's own films among them (evaluation.overlap): optimistic / not an independent set
+            "overlap_with_training": doc.get("overlap_with_training"),
+            "overlap_with_test": doc.get("overlap_with_test"),
         })  # fmt: skip
     return out
 

@@ -212,7 +212,10 @@
         const flags = [[e.ood_flagged, "out-of-distribution"], [e.gate_flagged, "by the population gate"]]
           .filter(([v]) => typeof v === "number").map(([v, label]) => `${pct(v)} flagged ${label}`);
         const flagged = flags.length ? `; ${flags.join(", ")}` : "";
-        list.append(el("li", {}, `${e.name} (n = ${e.n}): ${parts.join(", ") || "no binary rates"}${shift}${flagged}`));
+        const own = [[e.overlap_with_training, "were this model's training films (optimistic)"],
+          [e.overlap_with_test, "are this model's own test films (not an independent set)"]]
+          .filter(([v]) => v > 0).map(([v, label]) => `; ${v} ${label}`).join("");
+        list.append(el("li", {}, `${e.name} (n = ${e.n}): ${parts.join(", ") || "no binary rates"}${shift}${flagged}${own}`));
       }
       body.append(el("h3", {}, "Other data sets (external, at the same threshold)"), list);
     }

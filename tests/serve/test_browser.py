@@ -7,6 +7,7 @@ to ``$LUNGXRAY_ARTIFACTS``. Skipped when /usr/bin/chromium or Playwright is miss
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import socket
 import threading
@@ -233,6 +234,9 @@ def test_model_card_shows_the_shortcut_audit_and_external_sets(browser, tiny_run
     site.mkdir(parents=True)
     for f in sorted((CHEST_XRAY / "test" / "NORMAL").glob("*.jpeg"))[-6:]:
         shutil.copy(f, site / f.name)
+    with (run / "splits.csv").open(newline="") as fh:  # and one of the run's own test films, renamed
+        own = next(r["path"] for r in csv.DictReader(fh) if r["split"] == "test" and r["label"] == "NORMAL")
+    shutil.copy(own, site / "renamed.jpeg")
     from lungxray.gate import attach_gate
 
     attach_gate(tiny_gate(tmp_path / "gate", tmp_path / "cache"), run)  # a population gate (docs/gate.md)
@@ -244,7 +248,8 @@ def test_model_card_shows_the_shortcut_audit_and_external_sets(browser, tiny_run
         sync_api.expect(card).to_contain_text("Where the model looks (shortcut audit, test set)")
         sync_api.expect(card).to_contain_text("AUC with the lung fields blanked")
         sync_api.expect(card).to_contain_text("Other data sets (external, at the same threshold)")
-        sync_api.expect(card).to_contain_text("site_b-all (n = 6): specificity")
+        sync_api.expect(card).to_contain_text("site_b-all (n = 7): specificity")
+        sync_api.expect(card).to_contain_text("1 are this model's own test films (not an independent set)")
         sync_api.expect(card).to_contain_text("flagged by the population gate")
         sync_api.expect(card).to_contain_text("Population gate")
         assert page.problems == []

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_data
-from lungxray.data.copies import copy_pairs, rank_thumbnails
+from lungxray.data.copies import copies_across_splits, copy_pairs, rank_thumbnails
 
 
 def _films(n: int, size: int = 128) -> np.ndarray:
@@ -36,3 +36,12 @@ def test_a_recontrasted_copy_is_found_and_another_patient_is_not():
     assert [(i, j) for i, j, _ in found] == [(k, k) for k in range(5)]
     assert min(r for *_, r in found) > 0.99
     assert copy_pairs(queries[:0], films) == [] and copy_pairs(queries, films, rows_b=[]) == []
+
+
+def test_copies_across_splits_pairs_the_earlier_split_first():
+    films = _films(4, size=64)
+    images = np.concatenate([films, (255 * (films[1:2] / 255.0) ** 0.7).astype(np.uint8)])  # row 4 copies row 1
+    splits = ("train", "train", "val", "train", "test")
+    assert copies_across_splits(splits, images) == [(1, 4)]
+    assert copies_across_splits(splits, images, rows=[0, 2, 3, 4]) == []  # row 1 unreadable: nothing to copy
+    assert copies_across_splits(("train",) * 5, images) == []  # within a split: the audit's business

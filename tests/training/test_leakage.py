@@ -7,15 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from rich.console import Console
 
 from conftest import CHEST_XRAY, DATA_ROOT, require_data
 from lungxray.config import load_config
-from lungxray.data.manifest import Manifest
 from lungxray.training import train
-from lungxray.training.data import copies_across_splits
 
 KERMANY = "test/NORMAL/NORMAL2-IM-0287-0001.jpeg"  # covid19/test/Normal/0101.jpeg is this film re-contrasted
 COVID19_COPY = "covid19/test/Normal/0101.jpeg"
@@ -33,19 +29,6 @@ def _folder(root: Path, n: int = 10) -> Path:
     shutil.copy(CHEST_XRAY / KERMANY, root / "train" / "NORMAL" / "film.jpeg")
     shutil.copy(DATA_ROOT / COVID19_COPY, root / "test" / "NORMAL" / "same_film_elsewhere.jpeg")
     return root
-
-
-def test_copies_across_splits_pairs_the_earlier_split_first():
-    films = np.stack([np.asarray(Image.open(CHEST_XRAY / "train" / "NORMAL" / f).convert("L").resize((64, 64)))
-                      for f in sorted(p.name for p in (CHEST_XRAY / "train" / "NORMAL").glob("*.jpeg"))[:4]])
-    images = np.concatenate([films, (255 * (films[1:2] / 255.0) ** 0.7).astype(np.uint8)])  # row 4 copies row 1
-    m = Manifest(paths=tuple(f"f{i}.png" for i in range(5)), labels=np.tile([1.0, 0.0], (5, 1)),
-                 classes=("NORMAL", "PNEUMONIA"), task="binary", patients=tuple(f"p{i}" for i in range(5)),
-                 splits=("train", "train", "val", "train", "test"))  # fmt: skip
-    assert copies_across_splits(m, images) == [["f1.png", "f4.png"]]
-    same_split = Manifest(paths=m.paths, labels=m.labels, classes=m.classes, task="binary", patients=m.patients,
-                          splits=("train",) * 5)  # fmt: skip
-    assert copies_across_splits(same_split, images) == []  # duplicates within a split are the audit's business
 
 
 def test_training_warns_records_and_reports_the_leak(tmp_path, cache_dir, one_thread):

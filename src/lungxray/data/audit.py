@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lungxray.data.cache import cache_images
-from lungxray.data.copies import copy_pairs
+from lungxray.data.copies import copies_across_splits
 from lungxray.data.manifest import SPLITS, Manifest
 from lungxray.data.splits import patients_across_splits
 
@@ -144,15 +144,10 @@ def audit(
     # copies across splits that a new contrast curve hides from phash and Pearson r (data.copies)
     known = {(a, b) for a, b, _ in across}
     sha1s = cached.sha1s()
-    ok_rows = [i for i, _ in infos]
-    for k, earlier in enumerate(SPLITS):
-        for later in SPLITS[k + 1 :]:
-            rows_e = [i for i in ok_rows if manifest.splits[i] == earlier]
-            rows_l = [i for i in ok_rows if manifest.splits[i] == later]
-            for i, j, _ in copy_pairs(cached.images, cached.images, rows_l, rows_e):
-                pair = (manifest.paths[j], manifest.paths[i])
-                if pair not in known:
-                    across.append([*pair, "exact" if sha1s[i] == sha1s[j] else "near"])
+    for j, i in copies_across_splits(manifest.splits, cached.images, rows=[i for i, _ in infos]):
+        pair = (manifest.paths[j], manifest.paths[i])
+        if pair not in known:
+            across.append([*pair, "exact" if sha1s[i] == sha1s[j] else "near"])
     for pairs in (within, across):
         pairs.sort(key=lambda p: (p[2] != "exact", p[0], p[1]))
 

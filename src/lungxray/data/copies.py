@@ -16,9 +16,12 @@ thumbnails is blind to any monotone contrast change, so copies are found by rank
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from lungxray.data.cache import CachedImages
+from lungxray.data.manifest import SPLITS
 
 CANDIDATE_R = 0.95  # Spearman r of 32 px thumbnails for a pair to be checked at all
 COPY_R = 0.98  # Spearman r of 64 px thumbnails for the pair to be the same radiograph
@@ -84,3 +87,18 @@ def copies(a: CachedImages, b: CachedImages) -> list[tuple[int, int, str]]:
     sha_a, sha_b = a.sha1s(), b.sha1s()
     return [(i, j, "exact" if sha_a[i] == sha_b[j] else "near")
             for i, j, _ in copy_pairs(a.images, b.images, np.flatnonzero(a.ok), np.flatnonzero(b.ok))]  # fmt: skip
+
+
+def copies_across_splits(splits: Sequence[str], images: np.ndarray,
+                         rows: Sequence[int] | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """(earlier, later) row pairs in different splits (train < val < test) that are the same radiograph:
+    a later split's image that copies an earlier split's is leakage. ``splits`` (N,) per row of
+    ``images`` (N, S, S); ``rows``: the rows to consider (default all, e.g. only the readable ones)."""
+    split = np.asarray(splits)
+    keep = np.arange(len(split)) if rows is None else np.asarray(rows, dtype=np.int64)
+    pairs = []
+    for k, earlier in enumerate(SPLITS):
+        rows_e = keep[split[keep] == earlier]
+        for later in SPLITS[k + 1 :]:
+            pairs += [(j, i) for i, j, _ in copy_pairs(images, images, keep[split[keep] == later], rows_e)]
+    return pairs

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from lungxray.config import Config
 from lungxray.data.cache import cache_images
+from lungxray.data.copies import copies_across_splits
 from lungxray.data.manifest import Manifest
 from lungxray.data.readers import load_manifest
 from lungxray.data.rows import FileRows, RowView, take_rows
@@ -52,22 +53,6 @@ def _subsample(m: Manifest, max_images: int, seed: int) -> Manifest:
 
 MAX_UNREADABLE = 0.01  # share of a split that may be unreadable (at least one file) before training refuses
 COPY_CHECK_MAX = 20_000  # images up to which training looks for copies across splits (O(N^2); audit does any N)
-
-
-def copies_across_splits(m: Manifest, images: np.ndarray | RowView | FileRows) -> list[list[str]]:
-    """[earlier, later] path pairs of ``m`` in different splits (train < val < test) that are the same
-    radiograph by the rank test of ``data.copies`` (re-encoded, resized or re-contrasted copies)."""
-    from lungxray.data.copies import copy_pairs
-    from lungxray.data.manifest import SPLITS
-
-    splits = np.asarray(m.splits)
-    pairs = []
-    for k, earlier in enumerate(SPLITS):
-        rows_e = np.flatnonzero(splits == earlier)
-        for later in SPLITS[k + 1 :]:
-            for i, j, _ in copy_pairs(images, images, np.flatnonzero(splits == later), rows_e):
-                pairs.append([m.paths[j], m.paths[i]])
-    return pairs
 
 
 def prepare_data(
@@ -113,7 +98,9 @@ def prepare_data(
     for split in ("train",) if cfg.train.folds >= 2 else ("train", "val"):
         if len(m.split(split)) == 0:
             raise DataError(f"the {split} split of {d.path} is empty; add images or lower data.val_fraction.")
-    copies = copies_across_splits(m, images) if len(m) <= COPY_CHECK_MAX else []
+    # a later split's film that copies an earlier split's (data.copies): [earlier path, later path]
+    copies = ([[m.paths[j], m.paths[i]] for j, i in copies_across_splits(m.splits, images)]
+              if len(m) <= COPY_CHECK_MAX else [])  # fmt: skip
     if copies and console:
         a, b = copies[0]
         console.print(

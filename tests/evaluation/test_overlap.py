@@ -64,9 +64,26 @@ def test_external_set_with_the_runs_own_films_is_flagged(run, cache_dir, tmp_pat
     assert {Path(e[1]).resolve() for e in m["overlap_examples"]} == {Path(p).resolve() for p, _ in trained + tested}
     saved = json.loads((result.out_dir / "metrics.json").read_text())
     assert saved["overlap_with_training"] == 4 and saved["overlap_with_test"] == 2
+    assert m["overlap_by"] == "content"
     page = result.report_path.read_text()
     assert "4 of the evaluated images were used to train or validate this model" in page
     assert "2 of the evaluated images are copies of this model's own test split" in page
+
+
+def test_too_many_pairs_fall_back_to_paths(run, cache_dir, tmp_path, monkeypatch):
+    """Past MAX_PAIRS (evaluated x run films) only the same file counts, and metrics.json says so."""
+    import lungxray.evaluation.overlap as overlap
+
+    monkeypatch.setattr(overlap, "MAX_PAIRS", 10)
+    own = _run_files(run)["train"][0]
+    ext = tmp_path / "site" / own[1]
+    ext.mkdir(parents=True)
+    (ext / "same_file.jpeg").symlink_to(own[0])  # resolves to the run's own path
+    (ext / "copy.jpeg").write_bytes(Path(own[0]).read_bytes())  # a copy under another name: not looked for
+    with pytest.warns(Warning):  # one class: AUC undefined
+        m = evaluate_run(run, data=ext.parent, n_boot=0, progress=False, cache_dir=cache_dir).metrics
+    assert m["overlap_by"] == "path" and m["overlap_with_training"] == 1
+    assert [Path(e[0]).name for e in m["overlap_examples"]] == ["same_file.jpeg"]
 
 
 def test_the_runs_own_split_is_not_compared_with_itself(run, cache_dir):

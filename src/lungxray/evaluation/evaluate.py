@@ -316,7 +316,7 @@ def evaluate_run(
     cached = cache_images(m.paths, card.input_size, progress=progress, **cache)
     # another data set may hold this run's own films under other names (evaluation.overlap)
     overlap = (overlap_with_run(run_dir, m.paths, cached, size=card.input_size, **cache) if data is not None
-               else {"training": 0, "test": 0, "examples": []})  # fmt: skip
+               else {"training": 0, "test": 0, "examples": [], "by": None})  # fmt: skip
     unreadable = [{"path": p, "reason": r} for p, r in cached.errors.items()]
     if unreadable:
         console.print(f"[yellow]{len(unreadable)} unreadable image(s) skipped:[/]")
@@ -383,6 +383,7 @@ def evaluate_run(
         overlap_with_training=overlap["training"],
         overlap_with_test=overlap["test"],
         overlap_examples=overlap["examples"],
+        overlap_by=overlap["by"],
         device=str(dev),
         seconds=round(seconds, 3),
         images_per_s=round(len(m) / seconds, 2) if seconds > 0 else None,

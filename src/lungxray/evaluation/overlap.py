@@ -15,6 +15,7 @@ from lungxray.data.cache import CachedImages, cache_images
 from lungxray.data.copies import copies
 
 SHOWN = 10  # example pairs kept in metrics.json
+MAX_PAIRS = 6e8  # evaluated x run films compared by content (~1 min on 2 cores); beyond it, by path only
 
 
 def run_splits(run_dir: Path) -> tuple[list[str], list[str]]:
@@ -36,28 +37,31 @@ def overlap_with_run(run_dir: Path, evaluated_paths: Sequence[str], evaluated: C
     that moved or vanished are skipped).
 
     Returns:
-        ``{"training": n, "test": n, "examples": [[evaluated, run file, run split, kind], ...]}``:
+        ``{"training": n, "test": n, "examples": [[evaluated, run file, run split, kind], ...], "by": ...}``:
         ``training`` counts evaluated images found among the run's train/val files (its figures are
         then optimistic), ``test`` those found only among its test files (the set is not independent
-        of the run's test split). ``kind``: "path", "exact" (same bytes) or "near".
+        of the run's test split). ``kind``: "path", "exact" (same bytes) or "near". ``by``: "content",
+        or "path" when the two sets hold more than ``MAX_PAIRS`` pairs of films (then only same paths count).
     """
     paths, splits = run_splits(run_dir)
     if not paths:
-        return {"training": 0, "test": 0, "examples": []}
-    ours = cache_images(paths, size, resize=resize, cache_dir=cache_dir, progress=False,
-                        preprocessor=preprocessor)  # fmt: skip
+        return {"training": 0, "test": 0, "examples": [], "by": "content"}
     seen = {str(Path(p).resolve()): k for k, p in enumerate(paths)}
     found: dict[int, tuple[int, str]] = {}
     for i, p in enumerate(evaluated_paths):
         k = seen.get(str(Path(p).resolve())) if evaluated.ok[i] else None
         if k is not None:
             found[i] = (k, "path")
-    for i, j, kind in copies(evaluated, ours):
-        # a train/val copy outranks a test copy: it is what makes the figures optimistic
-        if i not in found or (splits[found[i][0]] == "test" and splits[j] != "test"):
-            found[i] = (j, kind)
+    by = "content" if len(paths) * len(evaluated_paths) <= MAX_PAIRS else "path"
+    if by == "content":
+        ours = cache_images(paths, size, resize=resize, cache_dir=cache_dir, progress=False,
+                            preprocessor=preprocessor)  # fmt: skip
+        for i, j, kind in copies(evaluated, ours):
+            # a train/val copy outranks a test copy: it is what makes the figures optimistic
+            if i not in found or (splits[found[i][0]] == "test" and splits[j] != "test"):
+                found[i] = (j, kind)
     training = sorted(i for i, (j, _) in found.items() if splits[j] in ("train", "val"))
     test = sorted(i for i, (j, _) in found.items() if splits[j] == "test")
     examples = [[evaluated_paths[i], paths[found[i][0]], splits[found[i][0]], found[i][1]]
                 for i in (training + test)[:SHOWN]]  # fmt: skip
-    return {"training": len(training), "test": len(test), "examples": examples}
+    return {"training": len(training), "test": len(test), "examples": examples, "by": by}

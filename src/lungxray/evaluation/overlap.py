@@ -6,26 +6,16 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lungxray.data.cache import CachedImages, cache_images
 from lungxray.data.copies import copies
+from lungxray.data.manifest import Manifest
 
 SHOWN = 10  # example pairs kept in metrics.json
 MAX_PAIRS = 6e8  # evaluated x run film pairs compared by content (<= ~3 min at 3.4M pairs/s, 2 cores); beyond: paths
-
-
-def run_splits(run_dir: Path) -> tuple[list[str], list[str]]:
-    """(paths, splits) of the run's splits.csv; empty when the run has none."""
-    path = Path(run_dir) / "splits.csv"
-    if not path.is_file():
-        return [], []
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return [r["path"] for r in rows], [r["split"] for r in rows]
 
 
 def overlap_with_run(run_dir: Path, evaluated_paths: Sequence[str], evaluated: CachedImages, *, size: int,
@@ -43,9 +33,11 @@ def overlap_with_run(run_dir: Path, evaluated_paths: Sequence[str], evaluated: C
         of the run's test split). ``kind``: "path", "exact" (same bytes) or "near". ``by``: "content",
         or "path" when the two sets hold more than ``MAX_PAIRS`` pairs of films (then only same paths count).
     """
-    paths, splits = run_splits(run_dir)
-    if not paths:
+    record = Path(run_dir) / "splits.csv"
+    if not record.is_file():
         return {"training": 0, "test": 0, "examples": [], "by": "content"}
+    m = Manifest.from_splits_csv(record)
+    paths, splits = m.paths, m.splits
     seen = {str(Path(p).resolve()): k for k, p in enumerate(paths)}
     found: dict[int, tuple[int, str]] = {}
     for i, p in enumerate(evaluated_paths):

@@ -39,7 +39,7 @@ def selection_csv(config: str, source: str, folder: Path) -> Path:
     if not held:
         raise SystemExit(f"{config} has no source named {source!r}")
     m = load_manifest(replace(data, sources=held))
-    path = folder / f"{source}-selection.csv"
+    path = (folder / f"{source}-selection.csv").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

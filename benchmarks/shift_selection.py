@@ -27,8 +27,7 @@ import numpy as np
 from lungxray.config import load_config
 from lungxray.data.readers import load_manifest
 from lungxray.evaluation.evaluate import evaluate_run
-from lungxray.evaluation.metrics import roc_auc
-from lungxray.evaluation.metrics.bootstrap import bootstrap_samples, percentile_ci
+from lungxray.evaluation.metrics import auc_difference, roc_auc
 from lungxray.io import atomic_write_text
 
 
@@ -61,11 +60,6 @@ def scores(pred_csv: Path) -> dict[str, tuple[str, int, float]]:
         for r in csv.DictReader(fh):
             out[r["path"]] = (r["patient"], int(r["true_label"] == "PNEUMONIA"), float(r["score_PNEUMONIA"]))
     return out
-
-
-def paired_delta(y: np.ndarray, s: np.ndarray, s0: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
-    """(n,) patient-bootstrap replicates of AUC(y, s) - AUC(y, s0), the same resample for both."""
-    return bootstrap_samples(lambda yy, a, b: roc_auc(yy, a) - roc_auc(yy, b), y, s, s0, groups=groups, n=n)
 
 
 def decide(rows: list[dict[str, Any]], min_val_auc: float) -> str | None:
@@ -109,9 +103,9 @@ def main() -> None:
                                "auc_ci": [round(metrics["auc"]["ci_low"], 4), round(metrics["auc"]["ci_high"], 4)],
                                "delta": None, "delta_low": None, "delta_high": None}  # fmt: skip
         if name != args.baseline:
-            ci = percentile_ci(paired_delta(y, s, s0, groups, args.n_boot), level)
-            row.update(delta=round(row["auc"] - float(roc_auc(y, s0)), 4), delta_low=round(ci.low, 4),
-                       delta_high=round(ci.high, 4))  # fmt: skip
+            d = auc_difference(y, s, s0, groups=groups, n=args.n_boot, ci=level)
+            row.update(delta=round(d["difference"], 4), delta_low=round(d["ci_low"], 4),
+                       delta_high=round(d["ci_high"], 4))  # fmt: skip
         rows.append(row)
         print(f"{name:32s} val {row['val_auc']:.4f}  selection AUC {row['auc']:.3f} {row['auc_ci']}"
               + (f"  delta {row['delta']:+.3f} [{row['delta_low']:+.3f}, {row['delta_high']:+.3f}]"

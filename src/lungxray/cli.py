@@ -247,7 +247,7 @@ def compare(
     split: Annotated[str, Opt(help="Which evaluation to compare.")] = "test",
     out: Annotated[str | None, Opt(help="Folder for the comparison table and figure.")] = None,
 ) -> None:
-    """Compare runs: headline metrics, parameters and training time, and F1/AUC vs time."""
+    """Compare runs: headline metrics, parameters and training time, F1/AUC vs time, and paired AUC differences."""
     from lungxray.evaluation.compare import compare_runs, render_comparison
 
     render_comparison(compare_runs(runs, split=split, out=out), console)

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 from rich.console import Console
+from sklearn.metrics import roc_auc_score
 
 from lungxray.errors import RunError
 from lungxray.evaluation.compare import COLUMNS, compare_runs, render_comparison
@@ -82,3 +83,55 @@ def test_unevaluated_run_is_a_run_error(tiny_run, two_runs, tmp_path):
         compare_runs([two_runs[0]], split="val", out=tmp_path / "cmp")
     with pytest.raises(RunError, match="not a run directory"):
         compare_runs([tmp_path / "nothing"], out=tmp_path / "cmp")
+
+
+def _rewrite_predictions(run, change):
+    """Rewrite run/eval/test/predictions.csv row by row with ``change(i, row) -> row or None (drop)``."""
+    path = run / "eval" / "test" / "predictions.csv"
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    kept = [r2 for i, r in enumerate(rows) if (r2 := change(i, dict(r))) is not None]
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    return kept
+
+
+def _auc_of(rows):
+    y = [int(r["true_label"] == "PNEUMONIA") for r in rows]
+    return roc_auc_score(y, [float(r["score_PNEUMONIA"]) for r in rows])
+
+
+def test_runs_scored_on_the_same_images_get_a_paired_auc_difference(two_runs, tmp_path):
+    a, _ = two_runs
+    worse = tmp_path / "worse"
+    shutil.copytree(a, worse)
+    # every third image's score is flipped: a worse ranking of the very same images
+    flip = lambda i, r: {**r, "score_PNEUMONIA": f"{1 - float(r['score_PNEUMONIA']):.6f}"} if i % 3 == 0 else r  # noqa: E731
+    rows_worse = _rewrite_predictions(worse, flip)
+    with (a / "eval" / "test" / "predictions.csv").open(newline="") as fh:
+        rows_a = list(csv.DictReader(fh))
+
+    result = compare_runs([a, worse], out=tmp_path / "cmp")
+    first, second = result["rows"]
+    assert first["auc_diff_vs_first"] is None  # the reference
+    assert second["auc_diff_vs_first"] == pytest.approx(_auc_of(rows_worse) - _auc_of(rows_a))
+    assert second["auc_diff_ci_low"] <= second["auc_diff_vs_first"] <= second["auc_diff_ci_high"] < 0
+    assert f"same {len(rows_a)} images" in result["paired"]
+    with result["table"].open(newline="") as fh:
+        assert float(list(csv.DictReader(fh))[1]["auc_diff_vs_first"]) == pytest.approx(second["auc_diff_vs_first"])
+    console = Console(record=True, width=250)
+    render_comparison(result, console)
+    out = console.export_text()
+    assert "(reference)" in out and "paired patient bootstrap" in out
+
+
+def test_runs_scored_on_different_images_are_not_paired(two_runs, tmp_path):
+    a, _ = two_runs
+    fewer = tmp_path / "fewer"
+    shutil.copytree(a, fewer)
+    _rewrite_predictions(fewer, lambda i, r: None if i == 0 else r)
+    result = compare_runs([a, fewer], out=tmp_path / "cmp")
+    assert result["paired"] == "no paired differences: the runs were evaluated on different images."
+    assert all(r["auc_diff_vs_first"] is None for r in result["rows"])

@@ -9,6 +9,7 @@ Modules (by concept):
 * ``threshold``: ``choose_threshold`` (youden | max-f1 | 0.5 | sensitivity>=x | specificity>=x).
 * ``multiclass`` / ``multilabel``: ``multiclass_metrics``, ``multilabel_metrics``.
 * ``bootstrap``: patient-grouped bootstrap as resampling weights; ``bootstrap_ci`` for any callable.
+* ``paired``: ``auc_difference``, two models on the same images with a paired bootstrap CI.
 * ``summary``: ``evaluate_predictions``, the metrics.json body. ``validation``: ``validation_scores``.
 
 Conventions used everywhere in lungxray:
@@ -58,6 +59,7 @@ from lungxray.evaluation.metrics.calibration import (
 )
 from lungxray.evaluation.metrics.multiclass import multiclass_metrics
 from lungxray.evaluation.metrics.multilabel import multilabel_metrics
+from lungxray.evaluation.metrics.paired import auc_difference
 from lungxray.evaluation.metrics.summary import evaluate_predictions
 from lungxray.evaluation.metrics.threshold import choose_threshold
 from lungxray.evaluation.metrics.validation import validation_scores
@@ -66,6 +68,7 @@ __all__ = [
     "BINARY_METRICS",
     "BootstrapCI",
     "accuracy",
+    "auc_difference",
     "average_precision",
     "binary_metrics",
     "bootstrap_ci",

@@ -66,6 +66,13 @@ def dataset(tmp_path) -> dict[str, Path]:
         "gamma_b": _copy_as(CHEST.parent / "covid19/test/Normal/0101.jpeg", root / "test/NORMAL/covid19.jpeg"),
         "within_a": root / "train/NORMAL/n02.jpeg",
         "within_b": root / "train/NORMAL/smaller.jpeg",  # same X-ray, resized 224 -> 200
+        # a real copy within one split: covid19 holds this film twice, the second with another contrast
+        # curve, which phash and Pearson r miss and the rank test finds
+        "recontrast_a": _copy_as(CHEST.parent / "covid19/test/Covid/0108.jpeg", root / "test/PNEUMONIA/0108.jpeg"),
+        "recontrast_b": _copy_as(
+            CHEST.parent / "covid19/test/Covid/auntminnie-b-2020_01_28_23_51_6665_2020_01_28_Vietnam_coronavirus.jpeg",
+            root / "test/PNEUMONIA/vietnam.jpeg",
+        ),
         "corrupt": root / "test/NORMAL/broken.jpeg",
         "patient_train": _copy_as(
             CHEST / "test/PNEUMONIA" / _first("test/PNEUMONIA"),
@@ -96,29 +103,32 @@ def test_audit_finds_each_planted_problem(dataset, tmp_path):
     s = {k: str(v) for k, v in dataset.items()}
     report = audit(m, cache_dir=tmp_path / "cache", size=64, workers=2, progress=False)
 
-    assert report["n_images"] == len(m) == 32
+    assert report["n_images"] == len(m) == 34
     assert report["counts"] == {
         "train": {"NORMAL": 10, "PNEUMONIA": 9},
-        "test": {"NORMAL": 7, "PNEUMONIA": 6},
+        "test": {"NORMAL": 7, "PNEUMONIA": 8},
     }
-    assert report["class_balance"]["all"] == {"NORMAL": round(17 / 32, 4), "PNEUMONIA": round(15 / 32, 4)}
+    assert report["class_balance"]["all"] == {"NORMAL": 0.5, "PNEUMONIA": 0.5}
     assert report["duplicates_across_splits"] == [
         [s["exact_a"], s["exact_b"], "exact"],
         [s["gamma_a"], s["gamma_b"], "near"],  # found by ranks (data.copies), not by phash
         [s["near_a"], s["near_b"], "near"],
     ]
-    assert report["duplicates_within_splits"] == [[s["within_a"], s["within_b"], "near"]]
+    assert report["duplicates_within_splits"] == [
+        [s["recontrast_a"], s["recontrast_b"], "near"],  # found by ranks (data.copies), not by phash
+        [s["within_a"], s["within_b"], "near"],
+    ]
     assert report["unreadable"] == [{"path": s["corrupt"], "reason": report["unreadable"][0]["reason"]}]
     assert "trunc" in report["unreadable"][0]["reason"].lower()
     assert report["patients_across_splits"] == {"person9001": ["test", "train"]}
     assert report["sizes"]["width"] == {"min": 200, "median": 224.0, "max": 640}
-    assert report["modes"] == {"RGB": 30, "L": 1}
-    assert report["formats"] == {"JPEG": 30, "PNG": 1}
-    assert report["cache"]["built"] == 31 and report["cache"]["reused"] == 0
+    assert report["modes"] == {"RGB": 32, "L": 1}
+    assert report["formats"] == {"JPEG": 32, "PNG": 1}
+    assert report["cache"]["built"] == 33 and report["cache"]["reused"] == 0
     assert json.loads(json.dumps(report)) == report
 
     warm = audit(m, cache_dir=tmp_path / "cache", size=64, progress=False)
-    assert warm["cache"]["built"] == 0 and warm["cache"]["reused"] == 31
+    assert warm["cache"]["built"] == 0 and warm["cache"]["reused"] == 33
     assert warm["duplicates_across_splits"] == report["duplicates_across_splits"]
 
     console = Console(file=io.StringIO(), width=160, record=True)
@@ -131,7 +141,7 @@ def test_audit_finds_each_planted_problem(dataset, tmp_path):
 
 def test_clean_data_set_reports_nothing(dataset, tmp_path):
     root = dataset["root"]
-    for key in ("exact_b", "near_b", "gamma_b", "within_b", "corrupt", "patient_test"):
+    for key in ("exact_b", "near_b", "gamma_b", "within_b", "recontrast_b", "corrupt", "patient_test"):
         dataset[key].unlink()
     report = audit(from_folders(root), cache_dir=tmp_path / "cache", size=32, progress=False)
     for key in ("duplicates_across_splits", "duplicates_within_splits", "unreadable"):

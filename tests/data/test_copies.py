@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_data
-from lungxray.data.copies import copies_across_splits, copy_pairs, rank_thumbnails
+from lungxray.data.copies import copies_across_splits, copies_within_splits, copy_pairs, rank_thumbnails
 
 
 def _films(n: int, size: int = 128) -> np.ndarray:
@@ -45,3 +45,12 @@ def test_copies_across_splits_pairs_the_earlier_split_first():
     assert copies_across_splits(splits, images) == [(1, 4)]
     assert copies_across_splits(splits, images, rows=[0, 2, 3, 4]) == []  # row 1 unreadable: nothing to copy
     assert copies_across_splits(("train",) * 5, images) == []  # within a split: the audit's business
+
+
+def test_copies_within_splits_pairs_each_copy_once_and_never_a_film_with_itself():
+    films = _films(5, size=64)
+    again = (255 * (films[2:3] / 255.0) ** 1.5).astype(np.uint8)  # row 5 copies row 2, darker
+    images = np.concatenate([films, again])
+    assert copies_within_splits(("test",) * 6, images) == [(2, 5)]
+    assert copies_within_splits(("train", "train", "train", "test", "test", "test"), images) == []  # other splits
+    assert copies_within_splits(("test",) * 5, films) == []  # five different patients

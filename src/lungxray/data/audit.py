@@ -7,7 +7,7 @@ resized: perceptual hashes (``imagehash.phash``, 64 bit) within ``near_threshold
 thumbnails correlated >= ``min_correlation``. The second test is needed because chest X-rays look alike
 to phash: on the Kermany set, 195 pairs of different patients are within 4 bits (thumbnail r <= 0.954),
 while brightness +2, a 0.9x resize, JPEG q60 or contrast x1.1 give r >= 0.999. A duplicate across
-splits inflates test scores (leakage), so it is reported on its own and in red. Across splits, copies
+splits inflates test scores (leakage), so it is reported on its own and in red. Across and within splits, copies
 re-saved with another contrast curve (phash 6-12 bits apart, r 0.95-0.99; the covid19 set's Kermany films)
 are found as well, by the rank test of ``data.copies``.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lungxray.data.cache import cache_images
-from lungxray.data.copies import copies_across_splits
+from lungxray.data.copies import copies_across_splits, copies_within_splits
 from lungxray.data.manifest import SPLITS, Manifest
 from lungxray.data.splits import patients_across_splits
 
@@ -141,13 +141,15 @@ def audit(
             continue  # alike to phash only: a different radiograph
         pair = [manifest.paths[ia], manifest.paths[ib], kind]
         (within if sa == sb else across).append(pair)
-    # copies across splits that a new contrast curve hides from phash and Pearson r (data.copies)
-    known = {(a, b) for a, b, _ in across}
+    # copies that a new contrast curve hides from phash and Pearson r (data.copies), across and within splits
     sha1s = cached.sha1s()
-    for j, i in copies_across_splits(manifest.splits, cached.images, rows=[i for i, _ in infos]):
-        pair = (manifest.paths[j], manifest.paths[i])
-        if pair not in known:
-            across.append([*pair, "exact" if sha1s[i] == sha1s[j] else "near"])
+    readable = [i for i, _ in infos]
+    for pairs, found in ((across, copies_across_splits(manifest.splits, cached.images, rows=readable)),
+                         (within, copies_within_splits(manifest.splits, cached.images, rows=readable))):  # fmt: skip
+        known = {frozenset(p[:2]) for p in pairs}
+        for j, i in found:
+            if frozenset((manifest.paths[j], manifest.paths[i])) not in known:
+                pairs.append([manifest.paths[j], manifest.paths[i], "exact" if sha1s[i] == sha1s[j] else "near"])
     for pairs in (within, across):
         pairs.sort(key=lambda p: (p[2] != "exact", p[0], p[1]))
 

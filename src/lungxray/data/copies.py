@@ -51,9 +51,10 @@ def rank_thumbnails(images: np.ndarray, side: int, rows: np.ndarray | None = Non
 
 
 def copy_pairs(a: np.ndarray, b: np.ndarray, rows_a: np.ndarray | None = None, rows_b: np.ndarray | None = None,
-               *, candidate_r: float = CANDIDATE_R, copy_r: float = COPY_R,
-               block: int = 1024) -> list[tuple[int, int, float]]:  # fmt: skip
+               *, candidate_r: float = CANDIDATE_R, copy_r: float = COPY_R, block: int = 1024,
+               distinct: bool = False) -> list[tuple[int, int, float]]:  # fmt: skip
     """Images of ``a`` that are copies of images of ``b``: [(i, j, r)], the best-matching j per i, by i.
+    ``distinct``: never pair a row with the same row index (``a`` and ``b`` are one array).
 
     ``a`` (Na, S, S), ``b`` (Nb, S, S) uint8 images of one size and preprocessing, S >= 64 (memmaps
     are read per block); ``rows_a`` / ``rows_b``: the indices to compare (default all). Candidates by
@@ -67,7 +68,11 @@ def copy_pairs(a: np.ndarray, b: np.ndarray, rows_a: np.ndarray | None = None, r
     cand = [np.zeros((0, 2), np.int64)]
     for start in range(0, len(sa), block):
         p, q = np.nonzero(sa[start : start + block] @ sb.T >= candidate_r)
-        cand.append(np.stack([p + start, q], axis=1))
+        p = p + start
+        if distinct:
+            other = rows_a[p] != rows_b[q]
+            p, q = p[other], q[other]
+        cand.append(np.stack([p, q], axis=1))
     pairs = np.concatenate(cand)
     ua, ub = np.unique(pairs[:, 0]), np.unique(pairs[:, 1])
     fa = dict(zip(ua.tolist(), rank_thumbnails(a, 64, rows_a[ua]), strict=True))
@@ -87,6 +92,19 @@ def copies(a: CachedImages, b: CachedImages) -> list[tuple[int, int, str]]:
     sha_a, sha_b = a.sha1s(), b.sha1s()
     return [(i, j, "exact" if sha_a[i] == sha_b[j] else "near")
             for i, j, _ in copy_pairs(a.images, b.images, np.flatnonzero(a.ok), np.flatnonzero(b.ok))]  # fmt: skip
+
+
+def copies_within_splits(splits: Sequence[str], images: np.ndarray,
+                         rows: Sequence[int] | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """(i, j) row pairs, i < j, in the same split that are the same radiograph (e.g. one film saved
+    twice with another contrast curve). Arguments as ``copies_across_splits``."""
+    split = np.asarray(splits)
+    keep = np.arange(len(split)) if rows is None else np.asarray(rows, dtype=np.int64)
+    pairs = set()
+    for name in SPLITS:
+        rows_s = keep[split[keep] == name]
+        pairs |= {(min(i, j), max(i, j)) for i, j, _ in copy_pairs(images, images, rows_s, rows_s, distinct=True)}
+    return sorted(pairs)
 
 
 def copies_across_splits(splits: Sequence[str], images: np.ndarray,

@@ -111,6 +111,24 @@ def test_predict_warns_exactly_for_the_films_the_gate_flags(gated_run, tmp_path)
     assert gate_warning(0.9, 0.3).startswith("unlike the population")
 
 
+def test_streamed_csv_with_workers_flags_the_same_films(gated_run, tmp_path):
+    # the gate's input is made in the decoding workers, from the same decoded image as in memory
+    from lungxray.predict import Predictor
+    from lungxray.predict_stream import predict_to_csv
+
+    pred = Predictor.load(gated_run)
+    files = [str(f) for f in (*sorted(NIH.glob("*.png"))[100:106], *sorted((CHEST_XRAY / "test" / "NORMAL").glob("*.jpeg"))[:6])]
+    in_memory = [gate_flagged(r.warnings) for r in pred.predict_paths(files)]
+    assert any(in_memory) and not all(in_memory)  # a real mix of flagged and unflagged films
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    predict_to_csv(pred, files, a, batch_size=4, workers=0)
+    predict_to_csv(pred, files, b, batch_size=4, workers=2, prefetch=2)
+    assert a.read_bytes() == b.read_bytes()
+    rows = list(csv.DictReader(b.read_text().splitlines()))
+    assert [r["path"] for r in rows] == files
+    assert ["population gate" in r["warnings"] for r in rows] == in_memory
+
+
 def test_evaluate_reports_the_flagged_share_and_the_model_card_shows_it(gated_run, tmp_path):
     from lungxray.evaluation.evaluate import evaluate_run
     from lungxray.runcard import RunCard

@@ -104,6 +104,8 @@ class Record:
         prob: model probabilities (K,) float32 (K = 1 for binary); None on error.
         ood_score: Mahalanobis distance of the features; None without OOD statistics or on error.
         error: why the input could not be used, else None.
+        gate_x: the attached population gate's input (S', S') uint8 when a worker made it, else None
+            (then the gate reads ``image``).
         seconds: {"decode": decode + preprocess of this input, "predict": its batch's forward pass}.
     """
 
@@ -114,6 +116,7 @@ class Record:
     prob: np.ndarray | None = None
     ood_score: float | None = None
     error: str | None = None
+    gate_x: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -207,7 +210,11 @@ def _forward(predictor: Predictor, batch: list[Record]) -> Iterator[Record]:
         t0 = time.perf_counter()
         prob, dist = predictor.predict_images(np.stack([r.x for r in ok]), batch_size=len(ok))
         gate = getattr(predictor, "gate", None)
-        p_out = gate.scores([r.image for r in ok]) if gate is not None else None
+        p_out = None
+        if gate is not None and all(r.gate_x is not None for r in ok):
+            p_out = gate.scores_of_inputs(np.stack([r.gate_x for r in ok]))
+        elif gate is not None:
+            p_out = gate.scores([r.image for r in ok])
         seconds = time.perf_counter() - t0
         for k, rec in enumerate(ok):
             rec.prob = prob[k]

@@ -57,11 +57,12 @@ class StreamStats:
 
 def decoded_stream(
     paths: Sequence[str], size: int, resize: str, *, workers: int = 1, chunk: int = 32, prefetch: int = 4,
-    held: Callable[[int], None] | None = None, preprocessor: Any = None,
+    held: Callable[[int], None] | None = None, preprocessor: Any = None, also: Any = None,
 ) -> Iterator[tuple[str, Any, str | None, float]]:  # fmt: skip
     """Decoded files in input order; at most ``prefetch`` chunks of ``chunk`` files in flight.
 
-    ``preprocessor``: the run's ``lungxray.focus.Preprocessor`` when not the default (pickled to the workers).
+    ``preprocessor``: the run's ``lungxray.focus.Preprocessor`` when not the default (pickled to the workers);
+    ``also``: a second one whose input is returned beside the model's (``decode_paths``).
 
     ``workers`` >= 1 processes decode (``0``: in this process, for tests and tiny inputs). ``held(n)``
     is told how many decoded inputs are in flight after each submit (for memory accounting).
@@ -73,21 +74,21 @@ def decoded_stream(
         for c in chunks:
             if held:
                 held(len(c))
-            yield from decode_paths(c, size, resize, preprocessor)
+            yield from decode_paths(c, size, resize, preprocessor, also)
         return
     # spawn: forking a process that runs torch threads and a progress-bar thread can deadlock the child
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         queue: deque[tuple[list[str], Future]] = deque()
         it = iter(chunks)
         for c in it:
-            queue.append((c, pool.submit(decode_paths, c, size, resize, preprocessor)))
+            queue.append((c, pool.submit(decode_paths, c, size, resize, preprocessor, also)))
             if len(queue) >= prefetch:
                 break
         while queue:
             c, fut = queue.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(decode_paths, nxt, size, resize, preprocessor)))
+                queue.append((nxt, pool.submit(decode_paths, nxt, size, resize, preprocessor, also)))
             if held:
                 held(len(c) + sum(len(q) for q, _ in queue))
             try:
@@ -103,25 +104,30 @@ def stream_records(
 ) -> Iterator[Record]:  # fmt: skip
     """``predict_records`` for files at scale: decoding in worker processes, records in input order.
 
-    Records carry ``x`` and the prediction but no decoded ``image`` (it stays in the worker). A run
-    with a population gate attached (which reads the decoded image) or a lung-focused pipeline (whose
-    "no lungs found" warning the workers would not pass on) is predicted in this process
-    (``predictor.records``) instead: the same records, decoded without workers.
+    Records carry ``x`` and the prediction but no decoded ``image`` (it stays in the worker). With a
+    population gate attached, the workers also compute the gate's input (``Record.gate_x``). A
+    lung-focused pipeline (whose "no lungs found" warning the workers would not pass on) is predicted
+    in this process (``predictor.records``) instead: the same records, decoded without workers.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
-    if getattr(predictor, "gate", None) is not None or predictor.preprocessor.needs_lungs:
+    if predictor.preprocessor.needs_lungs:
         for rec in predictor.records(list(paths), batch_size=batch_size):
             rec.image = None  # as from the workers: the decoded image is not kept
             yield rec
         return
+    gate = getattr(predictor, "gate", None)
     pending: list[Record] = []
     n_ok = 0
     pre = None if predictor.preprocessor.is_default else predictor.preprocessor
-    stream = decoded_stream(paths, predictor.input_size, predictor.resize, workers=workers,
-                            chunk=batch_size, prefetch=prefetch, held=held, preprocessor=pre)  # fmt: skip
+    stream = decoded_stream(paths, predictor.input_size, predictor.resize, workers=workers, chunk=batch_size,
+                            prefetch=prefetch, held=held, preprocessor=pre,
+                            also=None if gate is None else gate.preprocessor)  # fmt: skip
     for name, x, error, seconds in stream:
-        rec = Record(name=name, prediction=Prediction(path=name, error=error), x=x, error=error)
+        gate_x = None
+        if gate is not None and x is not None:
+            x, gate_x = x
+        rec = Record(name=name, prediction=Prediction(path=name, error=error), x=x, error=error, gate_x=gate_x)
         rec.seconds["decode"] = seconds
         pending.append(rec)
         n_ok += error is None

@@ -12,11 +12,13 @@ from lungxray.errors import ImageReadError
 
 
 def decode_paths(
-    paths: Sequence[str], size: int, resize: str, preprocessor: Any = None
+    paths: Sequence[str], size: int, resize: str, preprocessor: Any = None, also: Any = None
 ) -> list[tuple[str, Any, str | None, float]]:
     """Worker: files -> [(path, model input (S, S) uint8 | None, error | None, seconds)].
 
-    ``preprocessor``: the run's ``lungxray.focus.Preprocessor`` (None = ``to_model_input``)."""
+    ``preprocessor``: the run's ``lungxray.focus.Preprocessor`` (None = ``to_model_input``). ``also``: a
+    second preprocessor (e.g. the attached population gate's); then the model input is the pair
+    ``(input, also(image))``, so that the decoded image never has to leave the worker."""
     from lungxray.data import imageio
     from lungxray.data.preprocess import to_model_input
 
@@ -26,6 +28,8 @@ def decode_paths(
         try:
             img = imageio.read_image(p)
             x = to_model_input(img, size, resize) if preprocessor is None else preprocessor(img)
+            if also is not None:
+                x = (x, also(img))
             error = None
         except ImageReadError as exc:
             x, error = None, exc.reason

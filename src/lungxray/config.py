@@ -23,7 +23,7 @@ CROPS = ("none", "lungs")  # "lungs": crop to the lung fields' box (needs data.l
 TASKS = ("binary", "multiclass", "multilabel")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "onecycle")
-BALANCE = ("none", "weights", "sampler")
+BALANCE = ("none", "weights", "sampler", "source-sampler")
 TRANSFER = ("finetune", "freeze", "freeze-then-finetune")
 THRESHOLD_STRATEGIES = ("0.5", "youden", "max-f1", "sensitivity>=X", "specificity>=X")
 MONITORS = ("auc", "loss", "accuracy", "f1")
@@ -126,7 +126,10 @@ class TrainConfig:
     momentum: float = 0.9  # sgd / rmsprop
     schedule: str = "onecycle"  # constant | cosine | onecycle
     warmup_epochs: float = 0.5
-    balance: str = "weights"  # none | weights (loss weights) | sampler (balanced sampling)
+    # none | weights (loss weights) | sampler (class-balanced sampling) | source-sampler (classes balanced
+    # within each data source, each source keeping its share: a source's prevalence cannot be learned
+    # as a prior, docs/multi-source.md)
+    balance: str = "weights"
     label_smoothing: float = 0.0
     # mixup (Zhang et al. 2018): Beta(alpha, alpha) mixing weight of a batch with its reverse; 0 = off
     # (no extra random draws). Works with every task's loss and the class weights (docs/ensembles.md)

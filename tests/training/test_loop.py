@@ -442,3 +442,39 @@ def test_mixup_off_draws_nothing_and_on_changes_the_batches(tmp_path, monkeypatc
     assert len(lams) >= 3 and len(set(lams)) == len(lams)  # one weight per batch
     assert np.isfinite(on.history[0]["train_loss"])
     assert on.history[0]["train_loss"] != off.history[0]["train_loss"]
+
+
+def test_source_class_weights_balance_classes_within_each_source():
+    from lungxray.training.data import source_class_weights
+
+    # source a: 6 positives, 2 negatives; source b: 1 positive, 9 negatives; source c: one class only
+    src = np.array(["a"] * 8 + ["b"] * 10 + ["c"] * 2)
+    y = np.array([1] * 6 + [0] * 2 + [1] + [0] * 9 + [0, 0])
+    w = source_class_weights(src, y)
+    assert w.sum() == pytest.approx(1.0)
+    share = {s: w[src == s].sum() for s in "abc"}
+    assert share == pytest.approx({"a": 8 / 20, "b": 10 / 20, "c": 2 / 20})  # each source keeps its share
+    for s in "ab":  # ... split equally between its classes: its prevalence is no longer a prior to learn
+        assert w[(src == s) & (y == 1)].sum() == pytest.approx(share[s] / 2)
+    assert w[8] == pytest.approx(9 * w[9])  # b's lone positive is drawn as often as its 9 negatives together
+    one = source_class_weights(np.zeros(8, int), y[:8])  # one source: plain class balance
+    assert one[y[:8] == 1].sum() == pytest.approx(0.5)
+
+
+def test_source_sampler_epochs_hold_each_sources_classes_equally():
+    from lungxray.data.manifest import Manifest
+    from lungxray.training.data import epoch_order
+
+    # Kermany-like source: 3 pneumonia per normal; NIH-like: 1 pneumonia per 9 normals
+    y = np.array([1] * 300 + [0] * 100 + [1] * 20 + [0] * 180)
+    src = ("kermany",) * 400 + ("nih",) * 200
+    m = Manifest(paths=tuple(f"f{i}.png" for i in range(600)), labels=np.stack([1 - y, y], axis=1),
+                 classes=("NORMAL", "PNEUMONIA"), task="binary", patients=tuple(f"p{i}" for i in range(600)),
+                 splits=("train",) * 600, sources=src)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    drawn = np.concatenate([epoch_order(m, np.arange(600), "source-sampler", g) for _ in range(20)])
+    nih = np.asarray(src)[drawn] == "nih"
+    assert 0.30 < nih.mean() < 0.37  # NIH keeps its third of the epoch
+    assert 0.45 < y[drawn][nih].mean() < 0.55 and 0.45 < y[drawn][~nih].mean() < 0.55  # balanced in each
+    pooled = np.concatenate([epoch_order(m, np.arange(600), "sampler", g) for _ in range(20)])
+    assert y[pooled][np.asarray(src)[pooled] == "nih"].mean() < 0.25  # pooled balance keeps NIH's prior

@@ -135,14 +135,26 @@ def _check_unreadable(m: Manifest, ok: np.ndarray, errors: dict[str, str]) -> No
             )
 
 
+def source_class_weights(sources: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N,) sampling weights summing to 1: each source keeps its share of the rows, split equally among
+    the classes it holds. One source: plain class balance. Shapes: ``sources``, ``y`` (N,)."""
+    _, s = np.unique(sources, return_inverse=True)
+    cell = s * (int(y.max()) + 1) + y
+    per_cell = np.bincount(cell)[cell]
+    per_source = np.bincount(s)[s]
+    classes_in_source = np.array([len(np.unique(y[s == k])) for k in range(s.max() + 1)])[s]
+    return per_source / (len(y) * classes_in_source * per_cell)
+
+
 def epoch_order(m: Manifest, train_idx: np.ndarray, balance: str, g: torch.Generator) -> np.ndarray:
-    """Train row indices for one epoch: a permutation, or (``balance == "sampler"``, not multilabel)
-    class-balanced sampling with replacement; drawn from ``g``."""
+    """Train row indices for one epoch, drawn from ``g``: a permutation, or (not multilabel) sampling
+    with replacement, class-balanced (``"sampler"``) or class-balanced within each source with each
+    source keeping its share of the epoch (``"source-sampler"``)."""
     n = len(train_idx)
-    if balance == "sampler" and m.task != "multilabel":
+    if balance in ("sampler", "source-sampler") and m.task != "multilabel":
         y = np.asarray(m.targets)[train_idx].astype(int)
-        counts = np.bincount(y)
-        w = torch.as_tensor(1.0 / counts[y], dtype=torch.float64)
+        src = np.asarray(m.source_names)[train_idx] if balance == "source-sampler" else np.zeros(n, int)
+        w = torch.as_tensor(source_class_weights(src, y), dtype=torch.float64)
         pick = torch.multinomial(w, n, replacement=True, generator=g).numpy()
     else:
         pick = torch.randperm(n, generator=g).numpy()

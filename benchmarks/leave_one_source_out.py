@@ -28,10 +28,11 @@ from lungxray.training import train
 KEYS = ("auc", "sensitivity", "specificity", "accuracy")
 
 
-def held_out_csv(held, data: DataConfig, folder: Path) -> Path:
-    """Every mapped row of the held-out source as a label CSV (path, label, Patient ID) for --data."""
+def held_out_csv(held, data: DataConfig, folder: Path, name: str | None = None) -> Path:
+    """Every mapped row of the held-out source as a label CSV (path, label, Patient ID) for --data,
+    written to ``folder / name`` (default ``<source>-held-out.csv``); returns its absolute path."""
     m = load_manifest(replace(data, sources=[held]))
-    path = folder / f"{held.source_name}-held-out.csv"
+    path = (folder / (name or f"{held.source_name}-held-out.csv")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -18,17 +18,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from dataclasses import replace
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lungxray.config import load_config
-from lungxray.data.readers import load_manifest
 from lungxray.evaluation.evaluate import evaluate_run
 from lungxray.evaluation.metrics import auc_difference, roc_auc
 from lungxray.io import atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from leave_one_source_out import held_out_csv  # noqa: E402
 
 
 def selection_csv(config: str, source: str, folder: Path) -> Path:
@@ -37,14 +39,7 @@ def selection_csv(config: str, source: str, folder: Path) -> Path:
     held = [s for s in data.sources if s.source_name == source]
     if not held:
         raise SystemExit(f"{config} has no source named {source!r}")
-    m = load_manifest(replace(data, sources=held))
-    path = (folder / f"{source}-selection.csv").resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "Patient ID"])
-        w.writerows(zip(m.paths, m.label_strings(), m.patients, strict=True))
-    return path
+    return held_out_csv(held[0], data, folder, name=f"{source}-selection.csv")
 
 
 def val_auc(run: Path) -> float:

@@ -135,3 +135,16 @@ def test_runs_scored_on_different_images_are_not_paired(two_runs, tmp_path):
     result = compare_runs([a, fewer], out=tmp_path / "cmp")
     assert result["paired"] == "no paired differences: the runs were evaluated on different images."
     assert all(r["auc_diff_vs_first"] is None for r in result["rows"])
+
+
+def test_unpairable_evaluations_say_why_instead_of_failing(two_runs, tmp_path):
+    a, _ = two_runs
+    one_class, broken = tmp_path / "one_class", tmp_path / "broken"
+    for run in (one_class, broken):
+        shutil.copytree(a, run)
+    _rewrite_predictions(one_class, lambda i, r: {**r, "true_label": "NORMAL"})
+    _rewrite_predictions(broken, lambda i, r: {**r, "score_PNEUMONIA": "n/a"})
+    both_one_class = tmp_path / "one_class_2"
+    shutil.copytree(one_class, both_one_class)
+    assert compare_runs([one_class, both_one_class], out=tmp_path / "c1")["paired"].endswith("one class only (no AUC).")
+    assert "cannot be read" in compare_runs([a, broken], out=tmp_path / "c2")["paired"]

@@ -100,9 +100,12 @@ def _predictions(run: Path, split: str) -> dict[str, tuple[str, int, float]] | s
         return f"{run.name} is a {card.task} run (paired differences are for binary runs)"
     if not path.is_file():
         return f"{run.name} has no {path.name}"
-    with path.open(newline="", encoding="utf-8") as fh:
-        return {r["path"]: (r["patient"], int(r["true_label"] == card.positive_class),
-                            float(r[f"score_{card.positive_class}"])) for r in csv.DictReader(fh)}  # fmt: skip
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return {r["path"]: (r["patient"], int(r["true_label"] == card.positive_class),
+                                float(r[f"score_{card.positive_class}"])) for r in csv.DictReader(fh)}  # fmt: skip
+    except (KeyError, ValueError, TypeError) as exc:
+        return f"{path} cannot be read (bad or missing column: {exc})"
 
 
 def _paired(runs: list[Path], rows: list[dict[str, Any]], split: str) -> str:
@@ -113,6 +116,8 @@ def _paired(runs: list[Path], rows: list[dict[str, Any]], split: str) -> str:
         why = "the runs were evaluated on different images"
     if why is None and any(p[k][1] != preds[0][k][1] for p in preds[1:] for k in p):
         why = "the runs label the same images differently"
+    if why is None and len({v[1] for v in preds[0].values()}) < 2:
+        why = "the evaluated images hold one class only (no AUC)"
     if why is not None:
         return f"no paired differences: {why}."
     paths = sorted(preds[0])

@@ -132,6 +132,19 @@ def test_learning_curves_from_csv_like_rows(tmp_path):
         plots.learning_curves([])
 
 
+def test_fold_learning_curves_draw_a_row_per_member(tmp_path):
+    fold = lambda k: [{"epoch": e, "train_loss": 1 / e, "val_loss": (1 + k) / e, "val_auc": 0.8 + 0.01 * e,  # noqa: E731
+                       "lr": 1e-3} for e in range(1, 6)]  # fmt: skip
+    fig = plots.fold_learning_curves([fold(0), fold(1), fold(2)], best_epochs=[4, None, 5])
+    _check_png(fig, tmp_path / "folds.png")
+    assert len(fig.axes) == 9  # 3 folds x (loss, validation metrics, learning rate)
+    texts = set(_texts(fig))
+    assert {"Fold 0: loss", "Fold 2: loss", "best epoch 4", "best epoch 5"} <= texts
+    assert "best epoch None" not in texts
+    with pytest.raises(ValueError, match="non-empty"):
+        plots.fold_learning_curves([fold(0), []])
+
+
 def test_per_label_auc_bars_from_metrics_json_entries(tmp_path):
     per_class = {
         "Atelectasis": {"value": 0.81, "ci_low": 0.78, "ci_high": 0.84},

@@ -152,3 +152,19 @@ def test_calibrate_run_rechooses_an_ensembles_threshold_on_its_oof_table(kfold_r
     assert card.calibration.split == "oof" and card.calibration.strategy == "sensitivity>=0.95"
     assert card.threshold == choose_threshold(y, p, "sensitivity>=0.95")
     assert len(card.calibrations) == 2 and RunCard.read(kfold_run).calibrations == card.calibrations[:1]
+
+
+def test_an_ensembles_report_draws_each_members_learning_curves(kfold_run: Path, tmp_path: Path) -> None:
+    from lungxray.evaluation.evaluate import evaluate_run
+    from lungxray.rundir import read_history, write_history
+
+    run = tmp_path / "run"
+    shutil.copytree(kfold_run, run)
+    assert not (run / "history.csv").exists()  # an ensemble has no history of its own
+    for fold in sorted((run / "folds").glob("fold-*")):  # the fixture trains 1 epoch: add a second
+        rows = read_history(fold)
+        write_history(fold, [*rows, {**rows[0], "epoch": 2}], list(rows[0]))
+    res = evaluate_run(run, split="test", progress=False)
+    assert (res.out_dir / "figures" / "learning_curves.png").is_file()
+    assert "Learning curves" in res.report_path.read_text()
+

@@ -222,6 +222,14 @@ def _gallery_image(path: str, fallback: np.ndarray, pre: Any) -> np.ndarray:
         return np.asarray(fallback)
 
 
+def _fold_best_epoch(fold_dir: Path) -> int | None:
+    """The best epoch a k-fold member recorded in its fold.json summary, or None."""
+    try:
+        return int(json.loads((fold_dir / "fold.json").read_text())["summary"]["best_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _write_figures(
     folder: Path, m: Manifest, prob: np.ndarray, pred: np.ndarray, body: dict, card: RunCard,
     run_dir: Path, images: np.ndarray,
@@ -252,9 +260,13 @@ def _write_figures(
         aucs = [body["per_class"][c]["auc"] for c in classes]
         save(plots.per_label_auc_bars(classes, aucs), "auc_per_label.png")
     history = read_history(run_dir)
+    folds = sorted(run_dir.glob("folds/fold-*/history.csv"))  # a k-fold ensemble: a history per member
     if len(history) >= 2:  # one epoch draws no curve
         best = card.training.best_epoch
         save(plots.learning_curves(history, best_epoch=best), "learning_curves.png")
+    elif folds and all(len(read_history(f.parent)) >= 2 for f in folds):
+        best_epochs = [_fold_best_epoch(f.parent) for f in folds]
+        save(plots.fold_learning_curves([read_history(f.parent) for f in folds], best_epochs), "learning_curves.png")
     errors = _error_rows(m, prob, pred, card)
     if errors:
         pre = Preprocessor.for_run(card, run_dir)

@@ -371,6 +371,25 @@ def learning_curves(
     return fig
 
 
+def fold_learning_curves(histories: Sequence[Sequence[Mapping[str, Any]]],
+                         best_epochs: Sequence[int | None] = ()) -> Figure:  # fmt: skip
+    """``learning_curves`` of each member of a k-fold ensemble, one row of panels per fold (fold 0 first).
+
+    ``histories``: one history.csv row list per fold (each non-empty); ``best_epochs``: per fold, or ().
+    """
+    if not histories or any(not h for h in histories):
+        raise ValueError("every fold needs a non-empty history.")
+    has_lr = any("lr" in row for h in histories for row in h)
+    n = 2 + has_lr
+    fig = Figure(figsize=(4.6 * n, 3.4 * len(histories)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(histories), n))
+    for j, h in enumerate(histories):
+        best = best_epochs[j] if j < len(best_epochs) else None
+        learning_curves(h, best_epoch=best, ax=list(axes[j]))
+        axes[j][0].set_title(f"Fold {j}: loss")
+    return fig
+
+
 def _value(v: Any) -> float:
     if isinstance(v, Mapping):
         v = v.get("value")

@@ -4,7 +4,7 @@ input made in the decoding workers vs the whole prediction in this process (the 
     PYTHONPATH=src python benchmarks/bench_gated_stream.py RUN [--files 600] [--workers 2] [--repeats 2]
 
 Both paths write the same records (tests/test_gate.py checks the CSV byte for byte); this times them side
-by side on the first ``--files`` Kermany test films, best of ``--repeats``, and prints files/s and the ratio.
+by side on the first ``--files`` JPEGs under ``--data`` (sorted paths), best of ``--repeats``; prints files/s and the ratio.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     pred = Predictor.load(args.run)
     if pred.gate is None:
         raise SystemExit(f"{args.run} has no population gate attached (lungxray attach-gate)")
-    files = sorted(str(p) for p in Path(args.data, "test").rglob("*.jpeg"))[: args.files]
+    files = sorted(str(p) for p in Path(args.data).rglob("*.jpeg"))[: args.files]
     best = {}
     for name, fn in (("in this process (before)", lambda: in_process(pred, files, args.batch)),
                      (f"{args.workers} decoding workers (now)", lambda: workers(pred, files, args.batch, args.workers))):  # fmt: skip

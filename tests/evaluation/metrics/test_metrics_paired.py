@@ -67,3 +67,18 @@ def test_bad_input_names_the_problem():
         auc_difference(y, a, b[:40])
     with pytest.raises(DataError, match="ci must be in"):
         auc_difference(y, a, b, ci=1.0)
+
+
+def test_recipes_compare_as_the_mean_auc_of_their_runs():
+    y, a, b = _scores(seed=2)
+    rng = np.random.default_rng(7)
+    seeds_a = np.stack([a + 0.3 * rng.normal(size=len(a)) for _ in range(3)])  # three runs of recipe a
+    seeds_b = np.stack([b + 0.3 * rng.normal(size=len(b)) for _ in range(3)])
+    d = auc_difference(y, seeds_a, seeds_b, n=400)
+    expected = np.mean([roc_auc_score(y, s) for s in seeds_a]) - np.mean([roc_auc_score(y, s) for s in seeds_b])
+    assert d["difference"] == pytest.approx(expected)
+    assert d["ci_low"] < d["difference"] < d["ci_high"]
+    one = auc_difference(y, a, b, n=400)
+    assert auc_difference(y, np.stack([a, a]), np.stack([b, b, b]), n=400) == pytest.approx(one)  # copies: one run
+    with pytest.raises(DataError, match="score the same images"):
+        auc_difference(y, seeds_a, seeds_b[:, :-1])

@@ -260,13 +260,15 @@ def _write_figures(
         aucs = [body["per_class"][c]["auc"] for c in classes]
         save(plots.per_label_auc_bars(classes, aucs), "auc_per_label.png")
     history = read_history(run_dir)
-    folds = sorted(run_dir.glob("folds/fold-*/history.csv"))  # a k-fold ensemble: a history per member
+    # a k-fold ensemble has no history of its own, one per member instead
+    folds = [] if history else sorted(f.parent for f in run_dir.glob("folds/fold-*/history.csv"))
+    fold_histories = [read_history(f) for f in folds]
     if len(history) >= 2:  # one epoch draws no curve
         best = card.training.best_epoch
         save(plots.learning_curves(history, best_epoch=best), "learning_curves.png")
-    elif folds and all(len(read_history(f.parent)) >= 2 for f in folds):
-        best_epochs = [_fold_best_epoch(f.parent) for f in folds]
-        save(plots.fold_learning_curves([read_history(f.parent) for f in folds], best_epochs), "learning_curves.png")
+    elif fold_histories and all(len(h) >= 2 for h in fold_histories):
+        best_epochs = [_fold_best_epoch(f) for f in folds]
+        save(plots.fold_learning_curves(fold_histories, best_epochs), "learning_curves.png")
     errors = _error_rows(m, prob, pred, card)
     if errors:
         pre = Preprocessor.for_run(card, run_dir)

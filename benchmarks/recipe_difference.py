@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=5000)
     ap.add_argument("--ci", type=float, default=0.95)
     args = ap.parse_args()
-    runs = {k: [scores(Path(r) / "eval" / args.split / "predictions.csv") for r in v.split(",")]
+    runs = {k: [scores(Path(r), args.split) for r in v.split(",")]
             for k, v in (("a", args.a), ("b", args.b))}  # fmt: skip
     first = runs["a"][0]
     if any(s.keys() != first.keys() for rs in runs.values() for s in rs):

@@ -16,7 +16,6 @@ entirely above 0; of the winners the highest selection-set AUC is chosen; no win
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -25,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from lungxray.config import load_config
+from lungxray.evaluation.compare import binary_predictions
 from lungxray.evaluation.evaluate import evaluate_run
 from lungxray.evaluation.metrics import auc_difference, roc_auc
 from lungxray.io import atomic_write_text
+from lungxray.runcard import RunCard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from leave_one_source_out import held_out_csv  # noqa: E402
@@ -44,16 +45,15 @@ def selection_csv(config: str, source: str, folder: Path) -> Path:
 
 def val_auc(run: Path) -> float:
     """The run's own selection figure: best validation AUC, or out-of-fold AUC for a k-fold ensemble."""
-    best = json.loads((run / "model.json").read_text())["training"]["best_val"]
+    best = RunCard.read(run).training.best_val
     return float(best.get("auc", best.get("oof_auc", float("nan"))))
 
 
-def scores(pred_csv: Path) -> dict[str, tuple[str, int, float]]:
-    """path -> (patient, label 0/1, PNEUMONIA score) from an evaluation's predictions.csv."""
-    out = {}
-    with pred_csv.open(newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            out[r["path"]] = (r["patient"], int(r["true_label"] == "PNEUMONIA"), float(r["score_PNEUMONIA"]))
+def scores(run: Path, split: str) -> dict[str, tuple[str, int, float]]:
+    """path -> (patient, label 0/1, positive-class score) of the run's evaluation ``split``."""
+    out = binary_predictions(run, split)
+    if isinstance(out, str):
+        raise SystemExit(out)
     return out
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     by_run = {}
     for name, run in runs.items():
         result = evaluate_run(Path(run), data=data, n_boot=200, progress=False)
-        by_run[name] = (scores(result.out_dir / "predictions.csv"), result.metrics)
+        by_run[name] = (scores(Path(run), result.out_dir.name), result.metrics)
     base = by_run[args.baseline][0]
     paths = sorted(base)
     groups = np.array([base[p][0] for p in paths])

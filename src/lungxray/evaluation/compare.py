@@ -32,7 +32,7 @@ from lungxray.evaluation.plots import save_figure
 from lungxray.io import atomic_path, csv_cell
 from lungxray.runcard import RunCard
 
-__all__ = ["COLUMNS", "compare_runs", "render_comparison"]
+__all__ = ["COLUMNS", "binary_predictions", "compare_runs", "render_comparison"]
 
 COLUMNS = (
     "name", "run", "architecture", "task", "parameters", "input_size", "train_seconds", "n",
@@ -92,8 +92,9 @@ def _row(run: Path, split: str) -> dict[str, Any]:
     return row
 
 
-def _predictions(run: Path, split: str) -> dict[str, tuple[str, int, float]] | str:
-    """path -> (patient, label 0/1, positive-class score) from eval/<split>/predictions.csv, or why not."""
+def binary_predictions(run: Path, split: str) -> dict[str, tuple[str, int, float]] | str:
+    """path -> (patient, label 0/1, positive-class score) from a binary run's eval/<split>/predictions.csv,
+    or a sentence saying why there are none (not binary, not evaluated, unreadable columns)."""
     card = RunCard.read(run)
     path = run / "eval" / split / "predictions.csv"
     if card.task != "binary" or card.positive_class is None:
@@ -110,7 +111,7 @@ def _predictions(run: Path, split: str) -> dict[str, tuple[str, int, float]] | s
 
 def _paired(runs: list[Path], rows: list[dict[str, Any]], split: str) -> str:
     """Fill the auc_diff_* columns (vs the first run) in place; returns what was done, or why not."""
-    preds = [_predictions(r, split) for r in runs]
+    preds = [binary_predictions(r, split) for r in runs]
     why = next((p for p in preds if isinstance(p, str)), None)
     if why is None and any(p.keys() != preds[0].keys() for p in preds[1:]):
         why = "the runs were evaluated on different images"

@@ -26,6 +26,8 @@ TRAIN_VARIANTS = {
     "fp32": {"train.amp": False},
     "nchw": {"train.channels_last": False},
     "fp32-nchw": {"train.amp": False, "train.channels_last": False},
+    "cpu-channels-last": {"train.cpu_fast_paths": True, "train.amp": False},  # no-ops on CUDA
+    "cpu-fast": {"train.cpu_fast_paths": True},
 }
 
 
@@ -113,8 +115,8 @@ def bench_train_variant(data: str, config: str | None, overrides: dict, out: Pat
         "model": cfg.model.name,
         "size": cfg.data.size,
         "batch_size": cfg.train.batch_size,
-        "bf16": bool(cfg.train.amp and fast_paths(device)),
-        "channels_last": bool(cfg.train.channels_last and fast_paths(device)),
+        "bf16": bool(cfg.train.amp and fast_paths(device, on_cpu=cfg.train.cpu_fast_paths)),
+        "channels_last": bool(cfg.train.channels_last and fast_paths(device, on_cpu=cfg.train.cpu_fast_paths)),
         "epochs": result.epochs_run,
         "train_images": round(rates[0] * result.history[0]["seconds"]),
         "images_per_s": statistics.median(steady),

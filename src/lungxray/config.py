@@ -139,8 +139,11 @@ class TrainConfig:
     folds: int = 0
     grad_clip: float | None = 5.0  # max global gradient norm
     ema: float | None = None  # EMA decay of weights, e.g. 0.999
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    channels_last: bool = True  # on CUDA
+    amp: bool = True  # bf16 autocast on CUDA; on CPU only with cpu_fast_paths
+    channels_last: bool = True  # on CUDA; on CPU only with cpu_fast_paths
+    # also take amp / channels_last on CPU: 2-3x faster training on CPUs with AVX512-BF16 or AMX
+    # (docs/benchmarks.md, "Training throughput"), slower where bf16 is emulated; weights stay float32
+    cpu_fast_paths: bool = False
     early_stopping: int | None = None  # patience in epochs on the validation monitor
     monitor: str = "auc"  # validation metric for best checkpoint: auc | loss | accuracy | f1
     seed: int = 0

@@ -15,13 +15,15 @@ import torch
 DEFAULT_NORMALIZATION = {"mean": 0.449, "std": 0.226}
 
 # Device types that take the fast paths (bf16 autocast, channels-last memory) when a config asks for
-# them. CUDA only: on CPU they are usually slower. Tests add "cpu" to run those code paths without a GPU.
+# them. CUDA by default; a CPU takes them only when the recipe says ``train.cpu_fast_paths`` (bf16 is
+# emulated, and slower, on CPUs without AVX512-BF16 / AMX). Tests add "cpu" to run those code paths.
 FAST_PATH_DEVICES: tuple[str, ...] = ("cuda",)
 
 
-def fast_paths(device: torch.device) -> bool:
-    """Whether bf16 autocast and channels-last memory apply on ``device`` (see FAST_PATH_DEVICES)."""
-    return device.type in FAST_PATH_DEVICES
+def fast_paths(device: torch.device, *, on_cpu: bool = False) -> bool:
+    """Whether bf16 autocast and channels-last memory apply on ``device`` (see FAST_PATH_DEVICES);
+    ``on_cpu`` (``train.cpu_fast_paths``) adds the CPU."""
+    return device.type in FAST_PATH_DEVICES or (on_cpu and device.type == "cpu")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -55,7 +57,7 @@ def to_input(
     x = normalize(x, normalization)
     if in_chans != 1:
         x = x.expand(-1, in_chans, -1, -1)
-    if channels_last and fast_paths(device):
+    if channels_last:  # resolved by the caller (``fast_paths``)
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -97,12 +99,12 @@ def predict_batches(
     """Probabilities (N, K) float32 (K = 1 for binary) and, if asked, penultimate features (N, D).
 
     ``images`` is (N, S, S) uint8, e.g. a cache memmap; it is read one batch at a time. ``amp`` (bf16
-    autocast) and ``channels_last`` take effect only where ``fast_paths(device)``.
+    autocast) and ``channels_last`` are taken as given: the caller resolves them with ``fast_paths``.
     """
     model.eval()
     act = activation(task)
     probs, feats = [], []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and fast_paths(device))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     for start in range(0, len(images), batch_size):
         x = to_input(images[start : start + batch_size], normalization, device, in_chans, channels_last)
         with autocast:

@@ -377,6 +377,22 @@ def test_bf16_autocast_and_channels_last_train_every_task(
     assert prob.dtype == np.float32 and ((prob >= 0) & (prob <= 1)).all()
 
 
+@pytest.mark.parametrize("on_cpu", [False, True])
+def test_cpu_takes_the_fast_paths_only_when_the_recipe_says_so(tmp_path, cache_dir, output_dtypes, on_cpu):
+    """Without a monkeypatch: train.cpu_fast_paths alone turns bf16 autocast and channels-last on for CPU."""
+    cfg = make_cfg(tmp_path / "run", cache_dir, **{"data.max_images": 60, "train.cpu_fast_paths": on_cpu})
+    trainer, result = fit(cfg)
+    conv = next(  # a 1-channel or 1x1 kernel is contiguous in both layouts
+        m for m in trainer.model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m.kernel_size != (1, 1)
+    )  # fmt: skip
+    assert (torch.bfloat16 in output_dtypes) is on_cpu
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is on_cpu
+    assert math.isfinite(result.history[0]["val_loss"])
+    saved = weights_of(tmp_path / "run")
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+
+
 def test_bf16_inference_agrees_with_float32(tiny_run, fast_paths_on_cpu):
     """Validation under autocast scores like float32: same ranking, probabilities within bf16 rounding."""
     from sklearn.metrics import roc_auc_score

@@ -228,7 +228,7 @@ class Calibrate(Callback):
             model, trainer.data.images, trainer.m.targets, task=trainer.task, val_rows=trainer.val_idx,
             strategy=c.eval.threshold, train_rows=trainer.train_idx, seed=c.train.seed,
             device=trainer.device, in_chans=trainer.in_chans, amp=trainer.amp,
-            channels_last=c.train.channels_last,
+            channels_last=trainer.channels_last,
         )  # fmt: skip
         save_weights(trainer.run_dir / "model.safetensors", unwrap_tta(model).state_dict(), fitted.ood_arrays)
         cal = fitted.calibration

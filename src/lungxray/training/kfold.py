@@ -166,11 +166,12 @@ def train_kfold(
 
     device = resolve_device(cfg.train.device)
     in_chans = model_spec(cfg.model.name).default_in_chans
+    fast = fast_paths(device, on_cpu=cfg.train.cpu_fast_paths)
     model = with_tta(load_members(cfg, k, in_chans=in_chans, num_classes=n_out, device=device), cfg.eval.tta)
     fitted = calibrate_oof(
         model, data.images, m.targets, folds, oof, task=m.task, strategy=cfg.eval.threshold,
-        seed=cfg.train.seed, device=device, in_chans=in_chans, amp=cfg.train.amp and fast_paths(device),
-        channels_last=cfg.train.channels_last,
+        seed=cfg.train.seed, device=device, in_chans=in_chans, amp=cfg.train.amp and fast,
+        channels_last=cfg.train.channels_last and fast,
     )  # fmt: skip
     save_weights(run / "model.safetensors", unwrap_tta(model).state_dict(), fitted.ood_arrays)
     pool = folds >= 0

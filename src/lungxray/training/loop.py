@@ -176,7 +176,7 @@ class Trainer:
             img_size=c.data.size, **c.model.kwargs,
         )  # fmt: skip
         self.model.to(self.device)
-        if c.train.channels_last and fast_paths(self.device):
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         train_m = self.m.subset(self.train_idx)
         self.weight = class_weights(train_m).to(self.device) if c.train.balance == "weights" else None
@@ -204,13 +204,21 @@ class Trainer:
         order = np.argsort(np.argsort(rows))  # undo the sort done for memmap locality
         return to_input(
             x[torch.as_tensor(order)], DEFAULT_NORMALIZATION, self.device, self.in_chans,
-            self.cfg.train.channels_last, augment=lambda batch: self.augment(batch, g),
+            self.channels_last, augment=lambda batch: self.augment(batch, g),
         )  # fmt: skip
 
     # -- evaluation ---------------------------------------------------------------------------
     @property
     def amp(self) -> bool:
-        return self.cfg.train.amp and fast_paths(self.device)
+        """bf16 autocast, where the recipe asks for it and the device takes it (``fast_paths``)."""
+        t = self.cfg.train
+        return t.amp and fast_paths(self.device, on_cpu=t.cpu_fast_paths)
+
+    @property
+    def channels_last(self) -> bool:
+        """Channels-last memory, where the recipe asks for it and the device takes it."""
+        t = self.cfg.train
+        return t.channels_last and fast_paths(self.device, on_cpu=t.cpu_fast_paths)
 
     def eval_model(self) -> torch.nn.Module:
         """The weights that are validated and saved: the model, or a copy holding its EMA."""
@@ -227,7 +235,7 @@ class Trainer:
         return predict_batches(
             model, take_rows(self.data.images, rows), task=self.task, normalization=DEFAULT_NORMALIZATION,
             device=self.device, in_chans=self.in_chans, features=features, amp=self.amp,
-            channels_last=self.cfg.train.channels_last,
+            channels_last=self.channels_last,
         )  # fmt: skip
 
     def validate(self) -> dict[str, float]:

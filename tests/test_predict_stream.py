@@ -150,3 +150,20 @@ def test_bench_serves_real_requests_in_process(tiny_run):
 
     r = bench_serve_inprocess(tiny_run, xray_files(1)[0], seconds=1.0)
     assert r["requests"] >= 1 and r["ok"] == r["requests"] and r["req_per_s"] > 0
+
+
+def test_default_workers_decode_small_inputs_in_this_process(predictor, tmp_path, monkeypatch):
+    """workers=None (the CLI default): a few files never pay for spawning a decoding process."""
+    import lungxray.predict_stream as ps
+
+    assert ps.auto_workers(ps.AUTO_WORKERS_FROM - 1, None) == 0
+    assert ps.auto_workers(ps.AUTO_WORKERS_FROM, None) == 1
+    assert ps.auto_workers(10, 2) == 2  # an explicit count is kept
+
+    def no_spawn(*args, **kwargs):
+        raise AssertionError("a worker process was started for 12 files")
+
+    monkeypatch.setattr(ps, "ProcessPoolExecutor", no_spawn)
+    paths = _pngs(tmp_path / "in", 12)
+    stats = predict_to_csv(predictor, paths, tmp_path / "p.csv", batch_size=4)
+    assert stats.predicted == 12 and len(read_predictions_csv(tmp_path / "p.csv")) == 12

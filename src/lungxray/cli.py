@@ -260,7 +260,9 @@ def predict(
     out: Annotated[str | None, Opt(help="Write results to a .csv (streamed, resumable) or .json file.")] = None,
     heatmaps: Annotated[str | None, Opt(help="Also write Grad-CAM overlays to this folder.")] = None,
     batch_size: Annotated[int, Opt(help="Images per forward pass.")] = 32,
-    workers: Annotated[int, Opt(help="Decoding processes for a streamed .csv (0: in this process).")] = 1,
+    workers: Annotated[
+        int | None, Opt(help="Decoding processes for a streamed .csv (0: this process; default 1 from 2,500 files).")
+    ] = None,
     resume: Annotated[bool, Opt(help="Skip files already in --out (.csv) or its .partial file.")] = False,
 ) -> None:
     """Predict new X-rays; bad files get a row with the reason; exit code 1 if any failed."""

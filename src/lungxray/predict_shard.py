@@ -107,7 +107,7 @@ def _seed_from_merged(out: Path, part: Path, mine: Sequence[Any]) -> None:
 
 
 def predict_to_file(predictor: Any, paths: Sequence[Any], out: str | os.PathLike, *, heatmaps: Any = None,
-                    batch_size: int = 32, workers: int = 1, resume: bool = False, console: Any,
+                    batch_size: int = 32, workers: int | None = None, resume: bool = False, console: Any,
                     err: Any) -> bool | None:  # fmt: skip
     """``lungxray predict --out OUT``: one process streams a .csv (``predict_files_to_csv``); under
     torchrun this rank predicts its shard and rank 0 merges (.csv or .json). Then, on rank 0, the

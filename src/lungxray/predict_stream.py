@@ -33,6 +33,19 @@ from lungxray.io import csv_cell
 from lungxray.predict import Prediction, Record, _forward
 from lungxray.predict_output import _FIELDS, _flat_row
 
+# ``workers=None`` decodes in this process below this many files, in one worker process from it on:
+# spawning a worker costs ~2.6 s, and a worker then adds ~95 files/s beside the forward pass
+# (2 CPU cores; docs/benchmarks.md, "Streamed prediction of a gated run"), so they break even near 2,700.
+AUTO_WORKERS_FROM = 2500
+
+
+def auto_workers(n_files: int, workers: int | None) -> int:
+    """``workers`` as given, or for ``None`` the default for ``n_files`` (see AUTO_WORKERS_FROM)."""
+    if workers is not None:
+        return workers
+    return 1 if n_files >= AUTO_WORKERS_FROM else 0
+
+
 TABLE_MAX = 50  # the terminal table lists at most this many files; beyond, a summary only
 _DIED = "the decoding process died (out of memory or decoder crash)"
 
@@ -156,11 +169,13 @@ def partial_path(out: str | os.PathLike) -> Path:
 
 def predict_to_csv(
     predictor: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, resume: bool = False,
-    batch_size: int = 32, workers: int = 1, prefetch: int = 4,
+    batch_size: int = 32, workers: int | None = None, prefetch: int = 4,
     on_start: Callable[[int, int], None] | None = None, on_record: Callable[[Record], None] | None = None,
     make_records: Callable[[list[str]], Iterable[Record]] | None = None,
 ) -> StreamStats:  # fmt: skip
     """Predict ``paths`` into the CSV ``out``, row by row (see the module docstring).
+
+    ``workers``: decoding processes (0: this process; None: ``auto_workers`` of the files left to do).
 
     ``make_records(todo)`` replaces the worker-decoded stream (e.g. ``predictor.records`` when heatmaps
     need the decoded images); ``on_start(skipped, todo)`` is called once the resumed rows are known;
@@ -200,8 +215,8 @@ def predict_to_csv(
             stats.max_held = max(stats.max_held, n)
 
         if make_records is None:
-            records = stream_records(predictor, todo, batch_size=batch_size, workers=workers,
-                                     prefetch=prefetch, held=held)  # fmt: skip
+            records = stream_records(predictor, todo, batch_size=batch_size, prefetch=prefetch, held=held,
+                                     workers=auto_workers(len(todo), workers))  # fmt: skip
         else:
             records = make_records(todo)
         for rec in records:
@@ -231,7 +246,7 @@ def read_predictions_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def predict_files_to_csv(predictor: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                         heatmaps: Any = None, batch_size: int = 32, workers: int = 1, resume: bool = False,
+                         heatmaps: Any = None, batch_size: int = 32, workers: int | None = None, resume: bool = False,
                          console: Any, err: Any) -> bool:  # fmt: skip
     """``lungxray predict --out X.csv``: ``predict_to_csv`` with a progress bar (rate, ETA) on ``err``,
     then the table (up to TABLE_MAX files) or a summary on ``console``. True if any file failed."""

@@ -341,6 +341,7 @@ def run_one(dataset: str, recipe: str, recipe_path: Path, seed: int, a: argparse
         "folds": have.train.folds, "threshold_chosen_on": card.calibration.split, "epochs_config": have.train.epochs,
         "epochs_recipe": load_config(recipe_path).train.epochs, "best_epoch": card.training.best_epoch,
         "training_seconds": card.training.seconds, "parameters": card.training.parameters,
+        "bf16": bool(have.train.amp and (have.train.cpu_fast_paths or str(card.training.device).startswith("cuda"))),
         "threshold_strategy": card.threshold_strategy, "n_boot": n_boot, "test": test,
         "differs_from_asked": differs, "n_test_duplicates": len(dups), "test_dedup": dedup, "shortcut": shortcut,
         "external": external,

@@ -155,7 +155,8 @@ def aggregate(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-run results -> one row per (dataset, recipe), in first-seen order.
 
     Each row: dataset, recipe, n_seeds, seeds, task, epochs (per seed, as trained), epochs_recipe,
-    capped (fewer epochs configured than the recipe's), runs, and for every figure K: ``K_mean``,
+    capped (fewer epochs configured than the recipe's), bf16_seeds (trained under bf16 autocast), runs,
+    and for every figure K: ``K_mean``,
     ``K_sd``, ``K_values`` (per seed) and ``K_ci`` ([min low, max high] of the per-seed 95% CIs, when
     the figure has CIs). Shortcut / external notes (``shortcut_note``, ``external_note``) say why
     those figures are absent.
@@ -185,6 +186,7 @@ def aggregate(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "n_test": runs[0].get("test", {}).get("n"),
             "n_test_duplicates": [r.get("n_test_duplicates") for r in runs],
             "training_seconds": [r.get("training_seconds") for r in runs],
+            "bf16_seeds": [r["seed"] for r in runs if r.get("bf16")],
             "runs": [r.get("run") for r in runs],
         }
         for k in keys:
@@ -242,7 +244,7 @@ def fmt(row: dict[str, Any], key: str, ci: bool = False, pct: bool = False) -> s
 def _recipe_cell(row: dict[str, Any]) -> str:
     epochs = sorted({e for e in row["epochs"] if e is not None})
     ep = "/".join(map(str, epochs)) or "?"
-    mark = " †" if row.get("capped") else ""
+    mark = (" †" if row.get("capped") else "") + (" ‡" if row.get("bf16_seeds") else "")
     return f"{row['recipe']}{mark} | {ep} of {row.get('epochs_recipe')} | {row['n_seeds']}"
 
 
@@ -262,7 +264,7 @@ def render_markdown(
     rows: list[dict[str, Any]], errors: Sequence[dict[str, Any]] = (), *, lungs_note: str = ""
 ) -> str:
     """The block between the markers: one table per data set, the shortcut and external tables, the
-    published rows; capped rows marked †."""
+    published rows; capped rows marked †, rows with bf16-trained seeds ‡."""
     errors = list(errors)
     by = {d: [r for r in rows if r["dataset"] == d] for d in ("chest_xray", "covid19", "nih_sample")}
     out = [
@@ -272,6 +274,8 @@ def render_markdown(
         "recipes; for ours chosen on the validation split, or on the out-of-fold predictions of a k-fold recipe:",
         "`threshold_chosen_on` in quality.json); checkpoints are picked on validation and the test split is",
         "evaluated once per run. † = trained fewer epochs than the recipe (`--max-epochs`): not the published recipe.",
+        "‡ = some seeds trained under bf16 autocast (`train.cpu_fast_paths`; which: `bf16_seeds` in quality.json),",
+        "the others in float32; evaluation is float32 for every run.",
         "",
         "### chest_xray (Kermany official test split)",
         "",

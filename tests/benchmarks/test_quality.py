@@ -63,11 +63,13 @@ def test_mean_sd_ignores_missing_values():
 
 
 def test_markdown_marks_capped_rows_errors_and_published_and_splices(tmp_path):
-    rows = qt.aggregate([_result(0, 0.8), _result(1, 0.9), _result(0, 0.95, recipe="full", epochs=30)])
+    bf16 = {**_result(2, 0.9, recipe="full", epochs=30), "bf16": True}
+    rows = qt.aggregate([_result(0, 0.8), _result(1, 0.9), _result(0, 0.95, recipe="full", epochs=30), bf16])
+    assert [r["bf16_seeds"] for r in rows] == [[], [2]]
     err = [{"dataset": "nih_sample", "recipe": "cnn-2x2-stride", "seed": 0, "error": "ModelError: too small"}]
     block = qt.render_markdown(rows, err)
     assert "| r † | 2 of 30 | 2 | 10 | 0.850 ± 0.071 [0.750, 0.950]" in block
-    assert "| full | 30 of 30 | 1 | 10 | 0.950 [0.900, 1.000]" in block
+    assert "| full ‡ | 30 of 30 | 2 | 10 | 0.925 ± 0.035 [0.850, 1.000]" in block
     assert "cnn-2x2-stride: could not run here: ModelError: too small" in block
     assert "0.989 | 0.916" in block and "not run here" in block  # DINO ViT-B/16 (published)
     assert "Not computed: no lungs" in block

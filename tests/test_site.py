@@ -140,6 +140,12 @@ def test_crossfit_never_chooses_on_the_evaluated_half_and_meets_target():
     # the ceiling is chosen on the evaluated half itself: at least as good a specificity, on average
     assert r["ceiling"]["specificity"]["value"] >= r["site"]["specificity"]["value"] - 0.05
     assert r["before"]["threshold"] == 0.5 and r["meets_minimum"] and len(r["per_seed"]) == 2
+    # the whole-split ceiling: one threshold, chosen on every image, meets the target on them all
+    w = r["ceiling_whole"]
+    y, p = np.asarray(y), np.asarray(p)
+    assert w["sensitivity"]["value"] == pytest.approx((p[y == 1] >= w["threshold"]).mean())
+    assert 0.95 <= w["sensitivity"]["value"] < 0.95 + 2 / (y == 1).sum()
+    assert w["specificity"]["value"] == pytest.approx((p[y == 0] < w["threshold"]).mean())
 
 
 def test_crossfit_refuses_or_marks_small_labeled_samples():

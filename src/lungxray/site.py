@@ -293,7 +293,8 @@ def crossfit_site_calibration(
         averages seeds; the CI resamples patients with the seeds' decisions fixed), ``per_seed``
         (the same point values per seed), ``thresholds`` (seed x fold), ``ceiling`` (the same
         strategy chosen on each evaluated fold itself: what any threshold could do there; for
-        reporting only, never used to choose), ``before`` (at ``reference_threshold``, if given),
+        reporting only, never used to choose), ``ceiling_whole`` (one threshold chosen on all the
+        images: the best a single threshold could do on this set; reporting only), ``before`` (at ``reference_threshold``, if given),
         ``meets_minimum``, ``n``, ``n_pos``, ``n_labeled``, ``strategy``, ``folds``, ``seeds``.
     """
     yy, pp = _check_binary(y, p)
@@ -326,6 +327,7 @@ def crossfit_site_calibration(
             t_best = choose_threshold(yy[held], pp[held], strategy, finite_sample=False)  # the oracle
             ceil[s, held] = pp[held] >= t_best
         thresholds.append(row)
+    t_whole = choose_threshold(yy, pp, strategy, finite_sample=False)  # one threshold, all images: the oracle
     out: dict[str, Any] = {
         "strategy": strategy,
         "folds": folds,
@@ -340,6 +342,7 @@ def crossfit_site_calibration(
             {k: float(v[0]) for k, v in _weighted_rates(np.ones((1, len(yy))), yy, d).items()} for d in site
         ],
         "ceiling": _with_cis(yy, ceil, groups, n_boot, 0, ci),
+        "ceiling_whole": {"threshold": float(t_whole), **_with_cis(yy, pp >= t_whole, groups, n_boot, 0, ci)},
     }
     if reference_threshold is not None:
         out["before"] = {
@@ -365,7 +368,8 @@ def labeled_size_curve(
     One ``crossfit_site_calibration`` per size with ``n_labeled=size`` and seeds ``0..repeats-1``
     (each seed redraws both the folds and the labeled subsample); sizes below the strategy's minimum
     are measured anyway and marked ``meets_minimum: False`` (``calibrate`` would refuse them).
-    Returns one dict per size: ``n_labeled``, ``meets_minimum``, ``site``, ``ceiling``, ``thresholds``.
+    Returns one dict per size: ``n_labeled``, ``meets_minimum``, ``site``, ``ceiling``, ``ceiling_whole``,
+    ``thresholds``, ``per_seed``.
     """
     rows = []
     for size in sizes:
@@ -381,6 +385,7 @@ def labeled_size_curve(
             check_size=False,
         )
         rows.append(
-            {k: r[k] for k in ("n_labeled", "meets_minimum", "site", "ceiling", "thresholds", "per_seed")}
+            {k: r[k] for k in ("n_labeled", "meets_minimum", "site", "ceiling", "ceiling_whole", "thresholds",
+                               "per_seed")}  # fmt: skip
         )
     return rows

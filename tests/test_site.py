@@ -106,9 +106,16 @@ def test_fit_temperature_refuses_degenerate_input(logits, y):
         fit_temperature(logits, y)
 
 
-def test_to_logits_round_trip():
+def test_to_logits_inverts_each_tasks_output_activation():
     p = np.array([0.1, 0.5, 0.9])
     np.testing.assert_allclose(1 / (1 + np.exp(-to_logits(p))), p)
+    # multilabel: independent sigmoids, inverted entry by entry (rows need not sum to 1)
+    labels = np.array([[0.2, 0.7, 0.9], [0.5, 0.5, 0.01]])
+    np.testing.assert_allclose(1 / (1 + np.exp(-to_logits(labels, "multilabel"))), labels)
+    # multiclass: one softmax, recovered from the log-probabilities
+    classes = np.array([[0.2, 0.3, 0.5]])
+    z = to_logits(classes, "multiclass")
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), classes)
 
 
 def test_choose_site_threshold_meets_the_constraint_on_its_sample():

@@ -198,7 +198,7 @@ def calibrate_oof(
     last = int(folds.max())
     y, prob = targets[pool], np.asarray(oof_prob, np.float64)[pool]
     threshold, thresholds = choose_thresholds(task, y, prob, strategy)
-    logits = to_logits(prob[:, 0] if task == "binary" else prob, "multiclass" if task == "multiclass" else "binary")
+    logits = to_logits(prob[:, 0] if task == "binary" else prob, task)
     try:
         temperature = round(float(fit_temperature(logits, y, task)), 6)
     except DataError:  # one class only: no temperature

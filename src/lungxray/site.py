@@ -42,11 +42,12 @@ _EPS = 1e-7
 
 
 def to_logits(prob: Any, task: str = "binary") -> np.ndarray:
-    """Probabilities -> logits: binary (N,) P(positive) -> logit; multiclass (N, K) -> log-probabilities."""
+    """Probabilities -> logits: multiclass (N, K) softmax outputs -> log-probabilities; binary (N,) and
+    multilabel (N, K) sigmoid outputs -> the logit of each entry (the inverse of the output activation)."""
     p = np.clip(np.asarray(prob, dtype=np.float64), _EPS, 1 - _EPS)
-    if task == "binary":
-        return np.log(p) - np.log1p(-p)
-    return np.log(p)
+    if task == "multiclass":
+        return np.log(p)
+    return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

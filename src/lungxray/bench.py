@@ -97,11 +97,12 @@ def bench_train_variant(data: str, config: str | None, overrides: dict, out: Pat
     import torch
 
     from lungxray.config import load_config
-    from lungxray.inference import fast_paths, resolve_device
+    from lungxray.inference import resolve_device, train_fast_paths
     from lungxray.training import prepare_data, train
 
     cfg = load_config(config, {**overrides, "data.path": data, "out": str(out), "name": out.name})
     device = resolve_device(cfg.train.device)
+    bf16, channels_last = train_fast_paths(cfg.train, device)
     prepare_data(cfg, progress=False)  # decode once, so every variant times training alone
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -115,8 +116,8 @@ def bench_train_variant(data: str, config: str | None, overrides: dict, out: Pat
         "model": cfg.model.name,
         "size": cfg.data.size,
         "batch_size": cfg.train.batch_size,
-        "bf16": bool(cfg.train.amp and fast_paths(device, on_cpu=cfg.train.cpu_fast_paths)),
-        "channels_last": bool(cfg.train.channels_last and fast_paths(device, on_cpu=cfg.train.cpu_fast_paths)),
+        "bf16": bf16,
+        "channels_last": channels_last,
         "epochs": result.epochs_run,
         "train_images": round(rates[0] * result.history[0]["seconds"]),
         "images_per_s": statistics.median(steady),

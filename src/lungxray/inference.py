@@ -7,6 +7,7 @@ thing everywhere: uint8 (N, S, S) -> float in [0, 1] -> normalised -> model -> s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,13 @@ def fast_paths(device: torch.device, *, on_cpu: bool = False) -> bool:
     """Whether bf16 autocast and channels-last memory apply on ``device`` (see FAST_PATH_DEVICES);
     ``on_cpu`` (``train.cpu_fast_paths``) adds the CPU."""
     return device.type in FAST_PATH_DEVICES or (on_cpu and device.type == "cpu")
+
+
+def train_fast_paths(train: Any, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels-last) for a recipe's ``train`` section on ``device``: each where the
+    recipe asks for it (``amp``, ``channels_last``) and the device takes it (``cpu_fast_paths``)."""
+    fast = fast_paths(device, on_cpu=train.cpu_fast_paths)
+    return bool(train.amp and fast), bool(train.channels_last and fast)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -57,7 +65,7 @@ def to_input(
     x = normalize(x, normalization)
     if in_chans != 1:
         x = x.expand(-1, in_chans, -1, -1)
-    if channels_last:  # resolved by the caller (``fast_paths``)
+    if channels_last:  # resolved by the caller (``train_fast_paths``)
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -99,7 +107,7 @@ def predict_batches(
     """Probabilities (N, K) float32 (K = 1 for binary) and, if asked, penultimate features (N, D).
 
     ``images`` is (N, S, S) uint8, e.g. a cache memmap; it is read one batch at a time. ``amp`` (bf16
-    autocast) and ``channels_last`` are taken as given: the caller resolves them with ``fast_paths``.
+    autocast) and ``channels_last`` are taken as given: the caller resolves them with ``train_fast_paths``.
     """
     model.eval()
     act = activation(task)

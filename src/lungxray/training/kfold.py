@@ -34,7 +34,7 @@ from lungxray.config import Config, apply_overrides, save_config
 from lungxray.data.manifest import Manifest
 from lungxray.data.splits import assign_folds
 from lungxray.errors import RunError
-from lungxray.inference import fast_paths, resolve_device
+from lungxray.inference import resolve_device, train_fast_paths
 from lungxray.io import atomic_write_text
 from lungxray.models.registry import model_spec
 from lungxray.models.tta import unwrap_tta, with_tta
@@ -166,12 +166,12 @@ def train_kfold(
 
     device = resolve_device(cfg.train.device)
     in_chans = model_spec(cfg.model.name).default_in_chans
-    fast = fast_paths(device, on_cpu=cfg.train.cpu_fast_paths)
+    amp, channels_last = train_fast_paths(cfg.train, device)
     model = with_tta(load_members(cfg, k, in_chans=in_chans, num_classes=n_out, device=device), cfg.eval.tta)
     fitted = calibrate_oof(
         model, data.images, m.targets, folds, oof, task=m.task, strategy=cfg.eval.threshold,
-        seed=cfg.train.seed, device=device, in_chans=in_chans, amp=cfg.train.amp and fast,
-        channels_last=cfg.train.channels_last and fast,
+        seed=cfg.train.seed, device=device, in_chans=in_chans, amp=amp,
+        channels_last=channels_last,
     )  # fmt: skip
     save_weights(run / "model.safetensors", unwrap_tta(model).state_dict(), fitted.ood_arrays)
     pool = folds >= 0

@@ -23,7 +23,13 @@ from lungxray.data.augment import Augment
 from lungxray.data.rows import take_rows
 from lungxray.errors import DataError, RunError
 from lungxray.evaluation.metrics import validation_scores
-from lungxray.inference import DEFAULT_NORMALIZATION, fast_paths, predict_batches, resolve_device, to_input
+from lungxray.inference import (
+    DEFAULT_NORMALIZATION,
+    predict_batches,
+    resolve_device,
+    to_input,
+    train_fast_paths,
+)
 from lungxray.models.factory import create_model
 from lungxray.models.registry import model_spec
 from lungxray.training import distributed
@@ -210,15 +216,13 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
     @property
     def amp(self) -> bool:
-        """bf16 autocast, where the recipe asks for it and the device takes it (``fast_paths``)."""
-        t = self.cfg.train
-        return t.amp and fast_paths(self.device, on_cpu=t.cpu_fast_paths)
+        """bf16 autocast, where the recipe asks for it and the device takes it (``train_fast_paths``)."""
+        return train_fast_paths(self.cfg.train, self.device)[0]
 
     @property
     def channels_last(self) -> bool:
         """Channels-last memory, where the recipe asks for it and the device takes it."""
-        t = self.cfg.train
-        return t.channels_last and fast_paths(self.device, on_cpu=t.cpu_fast_paths)
+        return train_fast_paths(self.cfg.train, self.device)[1]
 
     def eval_model(self) -> torch.nn.Module:
         """The weights that are validated and saved: the model, or a copy holding its EMA."""

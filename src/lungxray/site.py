@@ -214,7 +214,7 @@ def _weighted_rates(w: np.ndarray, y: np.ndarray, dec: np.ndarray) -> dict[str, 
         }
 
 
-def _with_cis(
+def rates_with_cis(
     y: np.ndarray, dec: np.ndarray, groups: Any, n_boot: int, seed: int, ci: float
 ) -> dict[str, Any]:
     """Point values and patient-bootstrap percentile CIs of the rates of decisions ``dec`` (N,) or (S, N)."""
@@ -258,7 +258,7 @@ def compare_operating_points(
     yy, pp = _check_binary(y, p)
     out: dict[str, Any] = {"n": len(yy), "n_pos": int(yy.sum())}
     for name, t in (("old", old_t), ("new", new_t)):
-        out[name] = {"threshold": float(t), **_with_cis(yy, pp >= t, groups, n_boot, seed, ci)}
+        out[name] = {"threshold": float(t), **rates_with_cis(yy, pp >= t, groups, n_boot, seed, ci)}
     return out
 
 
@@ -338,17 +338,17 @@ def crossfit_site_calibration(
         "n_labeled": n_labeled,
         "meets_minimum": bool(meets),
         "thresholds": thresholds,
-        "site": _with_cis(yy, site, groups, n_boot, 0, ci),
+        "site": rates_with_cis(yy, site, groups, n_boot, 0, ci),
         "per_seed": [
             {k: float(v[0]) for k, v in _weighted_rates(np.ones((1, len(yy))), yy, d).items()} for d in site
         ],
-        "ceiling": _with_cis(yy, ceil, groups, n_boot, 0, ci),
-        "ceiling_whole": {"threshold": float(t_whole), **_with_cis(yy, pp >= t_whole, groups, n_boot, 0, ci)},
+        "ceiling": rates_with_cis(yy, ceil, groups, n_boot, 0, ci),
+        "ceiling_whole": {"threshold": float(t_whole), **rates_with_cis(yy, pp >= t_whole, groups, n_boot, 0, ci)},
     }
     if reference_threshold is not None:
         out["before"] = {
             "threshold": float(reference_threshold),
-            **_with_cis(yy, pp >= reference_threshold, groups, n_boot, 0, ci),
+            **rates_with_cis(yy, pp >= reference_threshold, groups, n_boot, 0, ci),
         }
     return out
 

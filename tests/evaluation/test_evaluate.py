@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from conftest import DATA_ROOT, random_lung_run, require_data  # noqa: E402
+from conftest import DATA_ROOT, random_lung_run, require_data, xray_files  # noqa: E402
 from lungxray import DISCLAIMER
 from lungxray.errors import ConfigError, DataError, RunError
 from lungxray.evaluation.evaluate import evaluate_run, render_summary
@@ -184,6 +184,23 @@ def test_external_folder_of_one_class_measures_that_class(evaluated, cache_dir, 
     calls = [r["predicted_label"] for r in _read_csv(Path(m["run"]) / "eval" / "site_normals-all" / "predictions.csv")]
     assert m["specificity"]["value"] == pytest.approx(calls.count("NORMAL") / 12)
     assert m["sensitivity"]["value"] is None or np.isnan(m["sensitivity"]["value"])
+
+
+def test_external_csv_of_one_class_measures_that_class(evaluated, cache_dir, tmp_path):
+    """The same from a label table: a CSV listing only normal films evaluates (it used to be refused
+    as "only one class"), and training still refuses it."""
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    from lungxray.data.readers import from_csv
+
+    table = tmp_path / "site_normals.csv"
+    table.write_text("file,label\n" + "".join(f"{p},NORMAL\n" for p in xray_files(12, "NORMAL")))
+    with pytest.warns(UndefinedMetricWarning, match="only one class"):
+        m = evaluate_run(evaluated.run_dir, data=table, n_boot=50, progress=False, cache_dir=cache_dir).metrics
+    assert m["class_counts"] == {"NORMAL": 12, "PNEUMONIA": 0} and m["external"] is True
+    assert 0.0 <= m["specificity"]["value"] <= 1.0
+    with pytest.raises(DataError, match="only one class"):
+        from_csv(table)
 
 
 def test_external_data_with_other_classes_is_a_data_error(evaluated, cache_dir, tmp_path):

@@ -202,6 +202,7 @@ def from_csv(
     label_sep: str = "|",
     binary_negative: str | None = None,
     task: str | None = None,
+    min_classes: int = 2,
 ) -> Manifest:
     """Build a manifest from a label table (NIH ChestX-ray14 style or one label per row).
 
@@ -221,10 +222,11 @@ def from_csv(
         label_sep: separator of several labels in one cell.
         binary_negative: the label meaning "normal" for a normal-vs-abnormal binary task.
         task: force "binary" | "multiclass" | "multilabel"; inferred if None.
+        min_classes: 1 when the table evaluates a trained run (a site's normal films alone); else 2.
 
     Raises:
         DataError: empty CSV, unknown column (lists the available ones), no file found, a row without
-            a label, a bad split value, ``binary_negative`` absent, or fewer than two classes.
+            a label, a bad split value, ``binary_negative`` absent, or fewer than ``min_classes`` classes.
 
     >>> m = from_csv("data/nih_sample/labels.csv")   # doctest: +SKIP
     >>> m.task, len(m.classes)
@@ -306,7 +308,7 @@ def from_csv(
         if task_name == "multilabel":
             names = {x for x in names if x.lower() not in NO_FINDING_NAMES}
         classes = order_classes(names)
-        if len(classes) < 2:
+        if len(classes) < max(1, min_classes):  # 1 for evaluating a trained run (a site's normal films)
             raise DataError(
                 f"{csv_path}: only one class ({', '.join(classes) or 'none'}) in column {lcol!r}; "
                 "a classifier needs at least two."
@@ -360,5 +362,6 @@ def load_manifest(cfg: DataConfig, *, min_classes: int = 2) -> Manifest:
             label_sep=cfg.label_sep,
             binary_negative=cfg.binary_negative,
             task=cfg.task,
+            min_classes=min_classes,
         )
     return from_folders(cfg.path, task=cfg.task, min_classes=min_classes)

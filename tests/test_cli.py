@@ -103,6 +103,22 @@ def test_bad_set_exits_2_with_a_hint(tmp_path, capsys, item, needle):
     assert needle in flat(err) and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["calibrate", "--bogus"], "No such option: --bogus"),
+        (["nosuchverb"], "No such command 'nosuchverb'"),
+        (["calibrate", "some-run", "--unlabeled"], "--unlabeled needs --data"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_message_and_no_traceback(capsys, argv, needle):
+    """typer >= 0.20 raises its own vendored click's exceptions; they must print as usage errors."""
+    code = run_cli(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert needle in flat(captured.err) and "Traceback" not in captured.out + captured.err
+
+
 def test_audit_json(covid_subset, cache_dir, capsys):
     code = run_cli(["audit", str(covid_subset), "--json", "--cache-dir", str(cache_dir)])
     captured = capsys.readouterr()

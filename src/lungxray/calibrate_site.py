@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lungxray.calibrate import _cache_dir, _now, predict_images, set_shift
 from lungxray.errors import RunError
@@ -57,6 +58,7 @@ class SiteResult:
     prevalence: dict[str, Any] = field(default_factory=dict)  # EM / BBSE estimates (unlabeled)
     shift: Any = None  # ShiftResult of the site set against the run's validation, or None
     notes: list[str] = field(default_factory=list)
+    adapted_on: int = 0  # site images the BatchNorm statistics were adapted on (0: not adapted)
 
 
 def fingerprint(paths: list[str]) -> str:
@@ -100,8 +102,15 @@ def calibrate_site(
     name: str = "site",
     n_boot: int = 1000,
     progress: bool = False,
+    adapt_bn: bool = False,
+    adapt_on: str | os.PathLike | None = None,
 ) -> SiteResult:
     """Re-choose the threshold and fit a temperature on a labeled site sample; write a NEW run.
+
+    ``adapt_bn``: first adapt the model's BatchNorm statistics to the site (AdaBN, ``adapt_run``) on the
+    sample's images plus the unlabeled images of ``adapt_on`` (a folder; implies ``adapt_bn``), then
+    choose on the ADAPTED model's scores; the new run holds the adapted weights and its refitted OOD
+    check. Measured gain: docs/site-calibration.md, "Site adaptation of BatchNorm statistics".
 
     Raises:
         DataError: classes that differ from the run's, no readable image, a sample too small for
@@ -110,6 +119,7 @@ def calibrate_site(
     """
     from lungxray.evaluation.evaluate import _external_manifest, _run_config
     from lungxray.site import (
+        check_sample_size,
         choose_site_threshold,
         compare_operating_points,
         fit_temperature,
@@ -124,19 +134,66 @@ def calibrate_site(
     keep, prob, dist = predict_images(loaded, m.paths, cache_dir=cfg.data.cache_dir, progress=progress)
     m = m.subset(keep)
     y, p, groups = np.asarray(m.targets).astype(int), prob[:, 0].astype(np.float64), np.asarray(m.patients)
-    site = choose_site_threshold(y, p, strategy, groups=groups)  # refuses too-small samples
-    temperature, _ = fit_temperature(to_logits(p), y)
-    cmp = compare_operating_points(y, p, card.threshold, site.threshold, groups=groups, n_boot=n_boot)
+    check_sample_size(y, strategy)  # before any adaptation: refuse too-small samples first
+    adapted, p_new, notes = None, p, []
+    if adapt_bn or adapt_on is not None:
+        adapted, p_new = _adapt(src, loaded, list(m.paths), adapt_on, progress)
+        notes = [adapted.note] if adapted.note else []
+    site = choose_site_threshold(y, p_new, strategy, groups=groups)
+    temperature, _ = fit_temperature(to_logits(p_new), y)
+    cmp = compare_operating_points(y, p, card.threshold, site.threshold, groups=groups, n_boot=n_boot, p_new=p_new)
+    how = "" if adapted is None else (
+        f"; BatchNorm statistics adapted (AdaBN) on {adapted.n_images} site images, threshold on the "
+        "adapted model's probability"
+    )  # fmt: skip
     cal = Calibration(
         strategy=strategy, split="site", threshold=site.threshold, temperature=round(temperature, 6),
         name=name, created=_now(), n=len(y), fingerprint=fingerprint(list(m.paths)),
         notes=f"labeled site sample {data}: {site.n_pos} positive, {site.n_neg} negative, "
         f"{site.n_patients} patients; threshold on the raw model probability, temperature for "
-        "calibrated-probability reporting only",
+        f"calibrated-probability reporting only{how}",
     )  # fmt: skip
     shift = set_shift(src, loaded, dist if dist is not None else np.full(len(p), np.nan), p)
-    new = _write(src, target, card, cal)
-    return SiteResult(new, target, len(y), int(y.sum()), comparison=cmp, shift=shift)
+    if adapted is None:
+        new = _write(src, target, card, cal)
+    else:
+        new = _write_adapted(src, target, card, cal, adapted)
+    return SiteResult(new, target, len(y), int(y.sum()), comparison=cmp, shift=shift, notes=notes,
+                      adapted_on=0 if adapted is None else adapted.n_images)  # fmt: skip
+
+
+def _adapt(src: Path, loaded, labeled: list[str], adapt_on, progress: bool):
+    """(AdaptedRun, P(positive) (N,) of the labeled images by the adapted model)."""
+    from lungxray.adapt_run import adapt_run
+    from lungxray.data.cache import cache_images
+    from lungxray.focus import Preprocessor
+    from lungxray.inference import predict_batches
+    from lungxray.predict import expand_inputs
+
+    card = loaded.card
+    extra = [str(q) for q in expand_inputs([str(adapt_on)])] if adapt_on is not None else []
+    cached = cache_images(labeled + extra, card.input_size, resize=card.resize, cache_dir=_cache_dir(src),
+                          progress=progress, preprocessor=Preprocessor.for_run(card, src))  # fmt: skip
+    images = np.array(cached.images[np.flatnonzero(cached.ok)])
+    adapted = adapt_run(src, loaded, images, progress=progress)
+    prob, _ = predict_batches(adapted.model, images[: len(labeled)], task="binary",
+                              normalization=card.normalization, device=torch.device("cpu"),
+                              in_chans=card.in_chans)  # fmt: skip
+    return adapted, prob[:, 0].astype(np.float64)
+
+
+def _write_adapted(src: Path, target: Path, card: RunCard, cal: Calibration, adapted) -> RunCard:
+    """The new run of an adapted model: adapted weights, refitted OOD arrays (or none), the new card."""
+    from dataclasses import replace
+
+    from lungxray.models.tta import unwrap_tta
+    from lungxray.rundir import save_weights
+
+    new = replace(card, ood=adapted.ood).with_calibration(cal)
+    shutil.copytree(src, target, ignore=shutil.ignore_patterns("checkpoint.pt", "eval", "reference.csv"))
+    save_weights(target / "model.safetensors", unwrap_tta(adapted.model).state_dict(), adapted.ood_arrays)
+    new.write(target)
+    return new
 
 
 def adapt_prevalence(
@@ -225,7 +282,11 @@ def render_site(result: SiteResult, console: Any) -> None:
     cmp, prev = result.comparison, result.prevalence
     if cmp:
         console.print(f"site sample: {cmp['n']} images, {cmp['n_pos']} positive (95% patient-bootstrap CIs)")
-        for key, what in (("old", "old (validation)"), ("new", "new (site, in-sample)")):
+        if result.adapted_on:
+            ood = "refitted on the run's training images" if result.card.ood else "none (see below)"
+            console.print(f"  BatchNorm statistics adapted (AdaBN) on {result.adapted_on} site images; OOD check: {ood}")
+        new_what = "new (adapted, in-sample)" if result.adapted_on else "new (site, in-sample)"
+        for key, what in (("old", "old (validation)"), ("new", new_what)):
             r = cmp[key]
             cells = "  ".join(
                 f"{m} {r[m]['value']:.3f} [{r[m]['low']:.3f}, {r[m]['high']:.3f}]"

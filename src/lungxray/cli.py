@@ -194,9 +194,17 @@ def calibrate(
     name: Annotated[str | None, Opt(help="Name of the new calibration entry.")] = None,
     bootstrap: Annotated[int, Opt(help="Bootstrap resamples for the CIs.")] = 1000,
     quiet: Annotated[bool, Opt("--quiet", help="No progress bars.")] = False,
+    adapt_bn: Annotated[
+        bool, Opt("--adapt-bn", help="With labeled --data: first adapt the BatchNorm statistics to the site (AdaBN).")
+    ] = False,
+    adapt_on: Annotated[
+        str | None, Opt(help="More unlabeled site images (a folder) for --adapt-bn's statistics (implies it).")
+    ] = None,
 ) -> None:
     """Choose a new operating point (on site data with --data, else on the run's validation split);
     writes a copy of RUN with the new calibration appended to its history (RUN is never changed)."""
+    if (adapt_bn or adapt_on) and (data is None or unlabeled):
+        raise typer.BadParameter("--adapt-bn / --adapt-on need a labeled site sample (--data, without --unlabeled).")
     if data is not None:
         from lungxray.calibrate_site import adapt_prevalence, calibrate_site, render_site
 
@@ -205,7 +213,7 @@ def calibrate(
                                    n_boot=min(bootstrap, 200), progress=not quiet)  # fmt: skip
         else:
             res = calibrate_site(run, data, strategy=strategy, out=out, name=name or "site",
-                                 n_boot=bootstrap, progress=not quiet)  # fmt: skip
+                                 n_boot=bootstrap, progress=not quiet, adapt_bn=adapt_bn, adapt_on=adapt_on)  # fmt: skip
         render_site(res, console)
         return
     if unlabeled:
@@ -525,14 +533,25 @@ def _run(argv: list[str] | None) -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # click usage errors print themselves
-        import click
+        code = _usage_error(exc)
+        if code is None:
+            raise
+        sys.exit(code)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _usage_error(exc: Exception) -> int | None:
+    """Print a click usage error and return its exit code; None for any other exception.
+
+    Matched by class name along the MRO: typer >= 0.20 raises its vendored click's exceptions
+    (``typer._click``), which are not ``click.exceptions.ClickException`` subclasses.
+    """
+    for base in type(exc).__mro__:
+        if base.__name__ == "ClickException":
+            exc.show()  # type: ignore[attr-defined]
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        if base.__name__ == "Abort":
+            return 1
+    return None
 
 
 if __name__ == "__main__":

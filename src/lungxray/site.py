@@ -249,16 +249,21 @@ def compare_operating_points(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    p_new: Any = None,
 ) -> dict[str, Any]:
     """Sensitivity / specificity / accuracy at the old and the new threshold, with patient-bootstrap CIs.
+
+    ``p_new`` (N,): the new operating point's own scores when the model changed too (a site-adapted
+    run, ``adapt_run``); default ``p``.
 
     Returns ``{"old": {"threshold", "sensitivity": {"value", "low", "high"}, ...}, "new": {...},
     "n", "n_pos"}``; both use the same resamples, so the intervals are comparable.
     """
     yy, pp = _check_binary(y, p)
+    pn = pp if p_new is None else _check_binary(yy, p_new)[1]
     out: dict[str, Any] = {"n": len(yy), "n_pos": int(yy.sum())}
-    for name, t in (("old", old_t), ("new", new_t)):
-        out[name] = {"threshold": float(t), **rates_with_cis(yy, pp >= t, groups, n_boot, seed, ci)}
+    for name, t, scores in (("old", old_t, pp), ("new", new_t, pn)):
+        out[name] = {"threshold": float(t), **rates_with_cis(yy, scores >= t, groups, n_boot, seed, ci)}
     return out
 
 

@@ -103,3 +103,17 @@ def test_cli_adapts_and_says_so_and_refuses_adapt_without_labels(tiny_run, site,
     captured = capsys.readouterr()
     assert code != 0 and "need a labeled site sample" in flat(captured.out + captured.err)
     assert "Traceback" not in captured.out + captured.err and not (tmp_path / "x").exists()
+
+
+def test_refitting_the_unadapted_model_reproduces_what_training_stored(tiny_run):
+    """refit_ood follows training's recipe: on the unadapted model it gives back the stored statistics."""
+    from lungxray.adapt_run import refit_ood
+    from lungxray.rundir import load_run
+
+    loaded = load_run(tiny_run)
+    spec, arrays, note = refit_ood(tiny_run, loaded.card, loaded.model)
+    assert note == "" and spec.threshold == pytest.approx(loaded.card.ood.threshold, rel=1e-4)
+    for key in ("mean", "precision"):
+        np.testing.assert_allclose(arrays[key], loaded.ood[key], rtol=1e-4, atol=1e-5)
+    for key in ("ref_distance", "ref_score"):
+        np.testing.assert_allclose(np.sort(arrays[key]), np.sort(loaded.ood[key]), rtol=1e-4, atol=1e-5)

@@ -168,3 +168,16 @@ def test_an_ensembles_report_draws_each_members_learning_curves(kfold_run: Path,
     assert (res.out_dir / "figures" / "learning_curves.png").is_file()
     assert "Learning curves" in res.report_path.read_text()
 
+
+
+def test_refitting_an_ensembles_ood_follows_training(kfold_run: Path) -> None:
+    """adapt_run.refit_ood on the unadapted ensemble gives back training's OOD statistics and its
+    shift reference (the last fold's out-of-fold scores, each row scored by the member that held it out)."""
+    from lungxray.adapt_run import refit_ood
+
+    loaded = load_run(kfold_run)
+    spec, arrays, note = refit_ood(kfold_run, loaded.card, loaded.model)
+    assert note == "" and spec.threshold == pytest.approx(loaded.card.ood.threshold, rel=1e-4)
+    for key in ("mean", "precision", "ref_distance", "ref_score"):
+        np.testing.assert_allclose(np.sort(arrays[key], axis=None), np.sort(loaded.ood[key], axis=None),
+                                   rtol=1e-4, atol=1e-5, err_msg=key)  # fmt: skip

@@ -117,3 +117,13 @@ def test_refitting_the_unadapted_model_reproduces_what_training_stored(tiny_run)
         np.testing.assert_allclose(arrays[key], loaded.ood[key], rtol=1e-4, atol=1e-5)
     for key in ("ref_distance", "ref_score"):
         np.testing.assert_allclose(np.sort(arrays[key]), np.sort(loaded.ood[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_the_model_card_says_the_weights_were_adapted(tiny_run, adapted):
+    from lungxray.serve.card import model_card
+
+    _, res, out = adapted
+    assert res.card.calibration.adapted_on == 55 and RunCard.read(out).calibration.adapted_on == 55
+    card = model_card(out, RunCard.read(out))
+    assert [a["images"] for a in card["site_adaptation"]] == [55]
+    assert model_card(tiny_run, RunCard.read(tiny_run))["site_adaptation"] == []

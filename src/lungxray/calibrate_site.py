@@ -152,6 +152,7 @@ def calibrate_site(
         notes=f"labeled site sample {data}: {site.n_pos} positive, {site.n_neg} negative, "
         f"{site.n_patients} patients; threshold on the raw model probability, temperature for "
         f"calibrated-probability reporting only{how}",
+        adapted_on=None if adapted is None else adapted.n_images,
     )  # fmt: skip
     shift = set_shift(src, loaded, dist if dist is not None else np.full(len(p), np.nan), p)
     if adapted is None:

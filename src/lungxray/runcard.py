@@ -157,7 +157,9 @@ class Calibration:
     per class); multiclass uses argmax and stores neither. ``temperature`` divides the logits before
     the activation (1.0 = none); ``bias`` (binary, bias-corrected temperature scaling) is then added to
     the logit: calibrated P = sigmoid(logit / temperature + bias). ``split`` names the data it was chosen on ("val" at training time,
-    or a site's sample), ``n`` its size, ``fingerprint`` a hash of its files.
+    or a site's sample), ``n`` its size, ``fingerprint`` a hash of its files. ``adapted_on``: the
+    number of site images the model's BatchNorm statistics were adapted on when this entry was made
+    (``calibrate --adapt-bn``; the weights changed with it), None when the model was not adapted.
     """
 
     strategy: str
@@ -171,6 +173,7 @@ class Calibration:
     n: int | None = None
     fingerprint: str | None = None
     notes: str | None = None
+    adapted_on: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,6 +197,7 @@ class Calibration:
             n=None if d.get("n") is None else int(d["n"]),
             fingerprint=d.get("fingerprint"),
             notes=d.get("notes"),
+            adapted_on=None if d.get("adapted_on") is None else int(d["adapted_on"]),
         )
 
 

@@ -198,6 +198,12 @@ def model_card(run_dir: Path, run_card: RunCard) -> dict[str, Any]:
             "threshold": cal.threshold,
             "created": cal.created,
         },
+        # site adaptations of the weights (calibrate --adapt-bn), oldest first; [] for a model as trained
+        "site_adaptation": [
+            {"name": c.name, "created": c.created, "images": c.adapted_on}
+            for c in run_card.calibrations
+            if c.adapted_on
+        ],
         "calibrations": [c.to_dict() for c in run_card.calibrations],
     }
     return card

@@ -157,6 +157,9 @@
       const th = k.threshold !== null && k.threshold !== undefined ? `threshold ${fmt(k.threshold, 3)}, ` : "";
       fact("Calibration in force", `${th}${k.strategy} on ${k.split}${k.created ? `, ${k.created}` : ""}`);
     }
+    for (const a of c.site_adaptation || []) {
+      fact("Site adaptation", `BatchNorm statistics adapted to ${a.images} site images (${a.name}${a.created ? `, ${a.created}` : ""}); the scores are this adapted model's`);
+    }
     fact("Input", `${c.input_size} \u00d7 ${c.input_size} px grayscale`);
     if (c.preprocessing && c.preprocessing.summary) fact("Preprocessing", c.preprocessing.summary);
     if (c.training) {

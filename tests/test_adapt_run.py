@@ -127,3 +127,14 @@ def test_the_model_card_says_the_weights_were_adapted(tiny_run, adapted):
     card = model_card(out, RunCard.read(out))
     assert [a["images"] for a in card["site_adaptation"]] == [55]
     assert model_card(tiny_run, RunCard.read(tiny_run))["site_adaptation"] == []
+
+
+def test_adapt_on_adds_unlabeled_images_and_reports_unreadable_ones(tiny_run, site, tmp_path):
+    from conftest import noise_pngs
+
+    extra = tmp_path / "unlabeled"
+    extra.mkdir()
+    noise_pngs(extra, 10, broken=3)
+    res = calibrate_site(tiny_run, site, strategy="youden", out=tmp_path / "new", n_boot=20, adapt_on=extra)
+    assert res.adapted_on == 55 + 9 and res.card.calibration.adapted_on == 64
+    assert any("1 of the 10 --adapt-on images could not be read" in n for n in res.notes)

@@ -177,6 +177,11 @@ def _adapt(src: Path, loaded, labeled: list[str], adapt_on, progress: bool):
                           progress=progress, preprocessor=Preprocessor.for_run(card, src))  # fmt: skip
     images = np.array(cached.images[np.flatnonzero(cached.ok)])
     adapted = adapt_run(src, loaded, images, progress=progress)
+    skipped = int((~np.asarray(cached.ok)).sum())
+    if skipped:
+        adapted.note = "; ".join(
+            x for x in (adapted.note, f"{skipped} of the {len(extra)} --adapt-on images could not be read and were skipped") if x
+        )  # fmt: skip
     prob, _ = predict_batches(adapted.model, images[: len(labeled)], task="binary",
                               normalization=card.normalization, device=torch.device("cpu"),
                               in_chans=card.in_chans)  # fmt: skip

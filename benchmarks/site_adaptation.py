@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/site_adaptation.py RUN [RUN ...] [--repeats 20] [--labeled 100]
         [--threads 1] [--out benchmarks/results/site_adaptation.json]
+    python benchmarks/site_adaptation.py --table RESULT.json [RESULT.json ...]
 
 For each run (binary, evaluated: RUN/eval/test/predictions.csv lists the Kermany test images, their
 labels and patients) and each repeat r: patients are dealt into 2 stratified folds
@@ -116,7 +117,42 @@ def evaluate_run(run: Path, repeats: int, n_labeled: int, strategy: str, n_boot:
     return out
 
 
+def _c(d: dict) -> str:
+    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def table(results: dict) -> str:
+    """Markdown: per run, held-out AUC and the 100-label / half-labeled / ceiling figures, plain vs adapted,
+    and the paired per-repeat specificity difference (adapted - plain) at 100 labeled images."""
+    out = ["| run | held-out AUC (plain / adapted) | 100 labeled: sens / spec, plain | 100 labeled: sens / spec, adapted "
+           "| paired spec. difference (mean; repeats up / down) | half labeled: spec (plain / adapted) "
+           "| ceiling spec. (plain / adapted) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run, r in results.items():
+        name = "/".join(Path(run).parts[-2:])
+        pl, ad = r["plain"], r["adapted"]
+        diff = [a["specificity"] - p["specificity"] for a, p in zip(ad["per_repeat_labeled"], pl["per_repeat_labeled"], strict=True)]
+        out.append(
+            f"| {name} | {pl['held_out_auc']['mean']:.3f} / {ad['held_out_auc']['mean']:.3f} "
+            f"| {pl['labeled']['sensitivity']['value']:.3f} / {_c(pl['labeled']['specificity'])} "
+            f"| {ad['labeled']['sensitivity']['value']:.3f} / {_c(ad['labeled']['specificity'])} "
+            f"| {np.mean(diff):+.3f} ({sum(d > 0 for d in diff)} / {sum(d < 0 for d in diff)} of {len(diff)}) "
+            f"| {pl['half']['specificity']['value']:.3f} / {ad['half']['specificity']['value']:.3f} "
+            f"| {pl['ceiling']['specificity']['value']:.3f} / {ad['ceiling']['specificity']['value']:.3f} |"
+        )  # fmt: skip
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--table":  # --table JSON [JSON ...]: print the markdown table
+        merged: dict = {}
+        for f in argv[1:]:
+            merged.update(json.loads(Path(f).read_text()))
+        print(table(merged))
+        return
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -254,3 +254,26 @@ def test_model_card_shows_the_shortcut_audit_and_external_sets(browser, tiny_run
         sync_api.expect(card).to_contain_text("Population gate")
         assert page.problems == []
         context.close()
+
+
+def test_model_card_says_when_the_weights_were_adapted_to_a_site(browser, tiny_run: Path, tmp_path: Path) -> None:
+    """A run from `calibrate --adapt-bn` tells the reader its scores come from a site-adapted model."""
+    import os
+
+    from lungxray.calibrate_site import calibrate_site
+    from lungxray.serve.app import create_app
+
+    site = tmp_path / "site"
+    for cls, n in (("NORMAL", 25), ("PNEUMONIA", 30)):
+        (site / cls).mkdir(parents=True)
+        for f in sorted((CHEST_XRAY / "test" / cls).glob("*.jpeg"))[:n]:
+            os.symlink(f, site / cls / f.name)
+    calibrate_site(tiny_run, site, strategy="youden", out=tmp_path / "adapted", n_boot=20, adapt_bn=True)
+    with serving(create_app(tmp_path / "adapted")) as url:
+        context, page = open_page(browser, url, 1280, 900)
+        card = page.locator("#card-body")
+        sync_api.expect(card).to_contain_text("Site adaptation")
+        sync_api.expect(card).to_contain_text("BatchNorm statistics adapted to 55 site images (site")
+        sync_api.expect(card).to_contain_text("youden on site")
+        assert page.problems == []
+        context.close()

@@ -295,27 +295,12 @@ def predict(
             from lungxray.errors import ConfigError
 
             raise ConfigError("--resume needs --out FILE.csv (a streamed CSV output to continue).")
-        failed = _predict_in_memory(predictor, paths, out, writer, batch_size)
+        from lungxray.predict_output import predict_in_memory
+
+        failed = predict_in_memory(predictor, paths, out, writer, batch_size, console)
     console.print(f"[dim]{DISCLAIMER}[/]")
     if failed:
         raise typer.Exit(1)
-
-
-def _predict_in_memory(predictor, paths, out, writer, batch_size) -> bool:
-    from lungxray.predict import render_predictions, write_predictions
-    from lungxray.predict_output import render_set_summary
-
-    results = []
-    # one pass: each record (decoded once) feeds the heatmaps, then only its Prediction is kept
-    for rec in predictor.records(paths, batch_size=batch_size):
-        if writer is not None:
-            writer.write(rec)
-        results.append(rec.prediction)
-    if out:
-        write_predictions(results, out)
-    render_predictions(results, console)
-    render_set_summary(predictor, results, console)
-    return any(r.error for r in results)
 
 
 @app.command()

@@ -146,3 +146,20 @@ def render_set_summary(predictor: Any, results: Iterable[Any], console: Any) -> 
     if res is not None:
         colour = "yellow" if res.fired else "dim"
         console.print(f"[{colour}]set-level shift test (KS statistic {res.statistic:.3f}): {res.summary}[/]")
+
+
+def predict_in_memory(predictor: Any, paths: list[Any], out: str | None, writer: Any, batch_size: int,
+                      console: Any) -> bool:  # fmt: skip
+    """`lungxray predict` without streaming: one pass over the records (each decoded once feeds the
+    heatmap ``writer``, then only its Prediction is kept), the file ``out``, the table and the set line.
+    True when any file failed."""
+    results = []
+    for rec in predictor.records(paths, batch_size=batch_size):
+        if writer is not None:
+            writer.write(rec)
+        results.append(rec.prediction)
+    if out:
+        write_predictions(results, out)
+    render_predictions(results, console)
+    render_set_summary(predictor, results, console)
+    return any(r.error for r in results)

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 
-def test_split(run: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(paths, y (N,), patient (N,)) of RUN's evaluated test split."""
+def test_split(run: Path, split: str = "test") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, y (N,), patient (N,)) of RUN's evaluated ``split`` (RUN/eval/SPLIT/predictions.csv)."""
     from lungxray.runcard import RunCard
 
     pos = RunCard.read(run).positive_class
-    with (run / "eval" / "test" / "predictions.csv").open(newline="") as fh:
+    with (run / "eval" / split / "predictions.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     return (
         [r["path"] for r in rows],
@@ -59,7 +59,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
-def evaluate_run(run: Path, repeats: int, n_labeled: int, strategy: str, n_boot: int) -> dict:
+def evaluate_run(run: Path, repeats: int, n_labeled: int, strategy: str, n_boot: int, split: str = "test") -> dict:
     from lungxray.adapt import adapt_batchnorm
     from lungxray.evaluation.metrics import choose_threshold
     from lungxray.predict import Predictor
@@ -67,7 +67,7 @@ def evaluate_run(run: Path, repeats: int, n_labeled: int, strategy: str, n_boot:
     from lungxray.site import rates_with_cis
 
     pred = Predictor.load(run)
-    paths, y, g = test_split(run)
+    paths, y, g = test_split(run, split)
     images = np.stack([pred.preprocess_path(p) for p in paths])
     base = _score(pred, pred.model, images)
     prep = pred.card.preprocessing
@@ -101,7 +101,7 @@ def evaluate_run(run: Path, repeats: int, n_labeled: int, strategy: str, n_boot:
         for m in rows:
             thresholds[m].append(rows[m])
         print(f"{run} repeat {r}: {time.perf_counter() - t0:.0f} s", flush=True)
-    out: dict = {"n": len(y), "n_pos": int(y.sum()), "repeats": repeats, "n_labeled": n_labeled,
+    out: dict = {"split": split, "n": len(y), "n_pos": int(y.sum()), "repeats": repeats, "n_labeled": n_labeled,
                  "strategy": strategy, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     for m in ("plain", "adapted"):
         out[m] = {
@@ -162,12 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strategy", default="sensitivity>=0.95")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", default="test", help="the evaluated set: RUN/eval/SPLIT/predictions.csv")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = {}
     for run in a.runs:
-        res = evaluate_run(run, a.repeats, a.labeled, a.strategy, a.n_boot)
+        res = evaluate_run(run, a.repeats, a.labeled, a.strategy, a.n_boot, a.split)
         out[str(run)] = res
         for m in ("plain", "adapted"):
             r = res[m]

@@ -66,9 +66,11 @@ def _member_oof(model: torch.nn.Module, card: RunCard, images: np.ndarray, folds
     return prob
 
 
-def refit_ood(run_dir: Path, card: RunCard, model: torch.nn.Module, *, progress: bool = False):
-    """(OODSpec, arrays) of ``model`` fitted on the run's own training images as training did, or
-    (None, {}, why) when they cannot all be read here. Returns a 3-tuple (spec, arrays, note)."""
+def refit_ood(
+    run_dir: Path, card: RunCard, model: torch.nn.Module, *, progress: bool = False
+) -> tuple[OODSpec | None, dict[str, np.ndarray], str]:
+    """(spec, arrays, "") of ``model``'s OOD check and shift reference, fitted on the run's own training
+    images as training fitted them; (None, {}, why) when the run has none or they cannot all be read."""
     if card.ood is None:
         return None, {}, "the original run has no OOD check"
     strategy = card.threshold_strategy

@@ -112,7 +112,7 @@ def test_bad_set_exits_2_with_a_hint(tmp_path, capsys, item, needle):
     ],
 )
 def test_usage_errors_exit_2_with_the_message_and_no_traceback(capsys, argv, needle):
-    """typer >= 0.20 raises its own vendored click's exceptions; they must print as usage errors."""
+    """Recent typer (0.29 here) raises its own vendored click's exceptions; they must print as usage errors."""
     code = run_cli(argv)
     captured = capsys.readouterr()
     assert code == 2, captured

@@ -527,7 +527,7 @@ def _run(argv: list[str] | None) -> None:
 def _usage_error(exc: Exception) -> int | None:
     """Print a click usage error and return its exit code; None for any other exception.
 
-    Matched by class name along the MRO: typer >= 0.20 raises its vendored click's exceptions
+    Matched by class name along the MRO: recent typer (0.29 here) raises its vendored click's exceptions
     (``typer._click``), which are not ``click.exceptions.ClickException`` subclasses.
     """
     for base in type(exc).__mro__:

@@ -44,13 +44,10 @@ def test_split(run: Path, split: str = "test") -> tuple[list[str], np.ndarray, n
 
 def _score(predictor, model, images: np.ndarray) -> np.ndarray:
     """P(positive) (N,) of ``model`` (the predictor's, or an adapted copy) on model-ready images."""
-    from lungxray.inference import predict_batches
+    from lungxray.inference import TorchBackend
 
-    prob, _ = predict_batches(
-        model, images, task="binary", normalization=predictor.card.preprocessing.normalization,
-        device=predictor.device, in_chans=predictor.card.preprocessing.in_chans, batch_size=128,
-    )  # fmt: skip
-    return prob[:, -1].astype(np.float64)
+    backend = TorchBackend(model, "binary", predictor.card.preprocessing, predictor.device, features=False)
+    return backend.run(images, batch_size=128)[0][:, -1].astype(np.float64)
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:

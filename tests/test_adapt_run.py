@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from lungxray.adapt import adapt_batchnorm
 from lungxray.calibrate_site import calibrate_site
+from lungxray.inference import TorchBackend
 from lungxray.predict import Predictor
 from lungxray.runcard import RunCard
 from test_calibrate_site import _site, flat, run_cli
@@ -53,7 +54,7 @@ def test_the_new_run_holds_the_adapted_model_and_the_original_is_untouched(tiny_
     paths = sorted(site.rglob("*.jpeg"))
     images = np.stack([pred_old.preprocess_path(p) for p in paths])
     model = adapt_batchnorm(copy.deepcopy(pred_old.model), images, normalization=res.card.normalization)
-    expected, _ = pred_new.backend.__class__(model, "binary", res.card.preprocessing, torch.device("cpu")).run(images)
+    expected, _ = TorchBackend(model, "binary", res.card.preprocessing, torch.device("cpu")).run(images)
     got = pred_new.predict_paths(paths)
     np.testing.assert_allclose([p.score for p in got], expected[:, 0], atol=1e-5)
     assert all((p.label == "PNEUMONIA") == (p.score >= res.card.threshold) for p in got)

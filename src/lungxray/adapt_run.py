@@ -20,10 +20,8 @@ import numpy as np
 import torch
 
 from lungxray.adapt import adapt_batchnorm
-from lungxray.calibrate import _cache_dir, calibrate, calibrate_oof
-from lungxray.data.cache import cache_images
+from lungxray.calibrate import _cache_dir, calibrate, calibrate_oof, run_images
 from lungxray.data.manifest import Manifest
-from lungxray.focus import Preprocessor
 from lungxray.inference import predict_batches
 from lungxray.runcard import OODSpec, RunCard
 
@@ -45,8 +43,7 @@ def _images(run_dir: Path, card: RunCard, paths: list[str], progress: bool) -> n
     """Model-ready (N, S, S) uint8 of ``paths`` at the run's preprocessing; None if any is unreadable."""
     if not paths:
         return None
-    cached = cache_images(paths, card.input_size, resize=card.resize, cache_dir=_cache_dir(run_dir),
-                          progress=progress, preprocessor=Preprocessor.for_run(card, run_dir))  # fmt: skip
+    cached = run_images(card, run_dir, paths, cache_dir=_cache_dir(run_dir), progress=progress)
     return np.array(cached.images) if bool(np.all(cached.ok)) else None
 
 

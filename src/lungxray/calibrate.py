@@ -252,15 +252,21 @@ def set_scores(task: str, prob: np.ndarray) -> np.ndarray:
     return prob[:, 0] if task == "binary" else prob.max(axis=1)
 
 
-def predict_images(loaded, paths, *, cache_dir=None, progress: bool = False):
-    """(kept row indices, probabilities (N, K), OOD distances (N,) or None) of image ``paths`` through a
-    loaded run at its own preprocessing (read through the image cache; unreadable images dropped)."""
+def run_images(card: RunCard, run_dir, paths, *, cache_dir=None, progress: bool = False):
+    """``CachedImages`` of image ``paths`` at a run's own preprocessing (its size, resize and lung-focused
+    pipeline), read through the image cache in ``cache_dir`` (the run's is ``_cache_dir(run_dir)``)."""
     from lungxray.data.cache import cache_images
     from lungxray.focus import Preprocessor
 
+    return cache_images(list(paths), card.input_size, resize=card.resize, cache_dir=cache_dir,
+                        progress=progress, preprocessor=Preprocessor.for_run(card, Path(run_dir)))  # fmt: skip
+
+
+def predict_images(loaded, paths, *, cache_dir=None, progress: bool = False):
+    """(kept row indices, probabilities (N, K), OOD distances (N,) or None) of image ``paths`` through a
+    loaded run at its own preprocessing (read through the image cache; unreadable images dropped)."""
     card = loaded.card
-    cached = cache_images(list(paths), card.input_size, resize=card.resize, cache_dir=cache_dir,
-                          progress=progress, preprocessor=Preprocessor.for_run(card, loaded.path))  # fmt: skip
+    cached = run_images(card, loaded.path, paths, cache_dir=cache_dir, progress=progress)
     keep = np.flatnonzero(cached.ok)
     if len(keep) == 0:
         raise DataError(f"none of the {len(paths)} images could be read.")
@@ -408,9 +414,6 @@ def calibrate_run(
     A k-fold ensemble (``training.folds`` on the card) is re-calibrated on RUN/oof.csv instead: the
     out-of-fold probabilities its threshold was first chosen on (``oof_calibration``).
     """
-    from lungxray.config import load_config
-    from lungxray.data.cache import cache_images
-    from lungxray.focus import Preprocessor
     from lungxray.rundir import load_run
 
     src = Path(run)
@@ -430,10 +433,8 @@ def calibrate_run(
     splits = src / "splits.csv"
     if not splits.is_file():
         raise RunError(f"{src} has no splits.csv: its validation rows are unknown.")
-    cache_dir = load_config(src / "config.yaml").data.cache_dir if (src / "config.yaml").is_file() else None
     val = Manifest.from_splits_csv(splits, classes=list(card.classes), task=card.task).split("val")
-    cached = cache_images(val.paths, card.input_size, resize=card.resize, cache_dir=cache_dir, progress=progress,
-                          preprocessor=Preprocessor.for_run(card, src))  # fmt: skip
+    cached = run_images(card, src, val.paths, cache_dir=_cache_dir(src), progress=progress)
     keep = np.flatnonzero(cached.ok)
     if len(keep) == 0:
         raise DataError(f"none of the {len(val)} val images of {src} could be read; did the data move?")

@@ -166,15 +166,13 @@ def calibrate_site(
 def _adapt(src: Path, loaded, labeled: list[str], adapt_on, progress: bool):
     """(AdaptedRun, P(positive) (N,) of the labeled images by the adapted model)."""
     from lungxray.adapt_run import adapt_run
-    from lungxray.data.cache import cache_images
-    from lungxray.focus import Preprocessor
+    from lungxray.calibrate import run_images
     from lungxray.inference import predict_batches
     from lungxray.predict import expand_inputs
 
     card = loaded.card
     extra = [str(q) for q in expand_inputs([str(adapt_on)])] if adapt_on is not None else []
-    cached = cache_images(labeled + extra, card.input_size, resize=card.resize, cache_dir=_cache_dir(src),
-                          progress=progress, preprocessor=Preprocessor.for_run(card, src))  # fmt: skip
+    cached = run_images(card, src, labeled + extra, cache_dir=_cache_dir(src), progress=progress)
     images = np.array(cached.images[np.flatnonzero(cached.ok)])
     adapted = adapt_run(src, loaded, images, progress=progress)
     skipped = int((~np.asarray(cached.ok)).sum())
